@@ -1,0 +1,1 @@
+"""leed_jax.envs."""
