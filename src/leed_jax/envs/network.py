@@ -1,0 +1,371 @@
+"""Road networks: a directed graph of intersections (nodes) and links, held host-side in numpy.
+
+Constructors: :func:`grid_network` (generated), :func:`read_tntp` (``*_net.tntp``),
+:func:`read_sumo` (SUMO ``.net.xml``, optional extra ``sumo``). Every constructor returns a
+:class:`RoadNetwork` whose derived tables (padded out-links, all-pairs free-flow times and
+next hops) are computed once here, so the JAX env only gathers from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+
+from leed_jax.envs.base import ScenarioError
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RoadNetwork:
+    """A directed road graph. Units: metres, metres/second, seconds, vehicles.
+
+    Attributes (``V`` nodes, ``E`` links, ``K`` max out-degree):
+        node_xy [V, 2]; node_names list[str]; link_src, link_dst [E] int;
+        link_length [E] m; link_speed [E] m/s; link_lanes [E]; link_capacity [E] vehicles the
+        link holds before the BPR law bites (n / c = 1); link_tfree [E] s;
+        out_links [V, K] link ids, -1 padded; tt [V, V] free-flow shortest time (inf where
+        unreachable); next_hop [V, V] first node after u on a shortest u→v path (-1).
+    """
+
+    name: str
+    node_xy: np.ndarray
+    node_names: list[str]
+    link_src: np.ndarray
+    link_dst: np.ndarray
+    link_length: np.ndarray
+    link_speed: np.ndarray
+    link_lanes: np.ndarray
+    link_capacity: np.ndarray
+    link_tfree: np.ndarray = dataclasses.field(init=False)
+    out_links: np.ndarray = dataclasses.field(init=False)
+    tt: np.ndarray = dataclasses.field(init=False)
+    next_hop: np.ndarray = dataclasses.field(init=False)
+
+    def __post_init__(self):
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        set_("link_src", np.asarray(self.link_src, np.int32))
+        set_("link_dst", np.asarray(self.link_dst, np.int32))
+        for k in ("link_length", "link_speed", "link_lanes", "link_capacity"):
+            set_(k, np.asarray(getattr(self, k), np.float64))
+        set_("node_xy", np.asarray(self.node_xy, np.float64).reshape(-1, 2))
+        v, e = self.num_nodes, len(self.link_src)
+        if e == 0:
+            raise ScenarioError(f"network {self.name!r} has no links")
+        if len(self.node_names) != v:
+            raise ScenarioError(f"network {self.name!r}: {len(self.node_names)} names for {v} nodes")
+        for k in ("link_dst", "link_length", "link_speed", "link_lanes", "link_capacity"):
+            if len(getattr(self, k)) != e:
+                raise ScenarioError(f"network {self.name!r}: {k} has {len(getattr(self, k))} entries, expected {e}")
+        if self.link_src.min() < 0 or max(self.link_src.max(), self.link_dst.max()) >= v:
+            raise ScenarioError(f"network {self.name!r}: a link refers to a node outside 0..{v - 1}")
+        if (self.link_length <= 0).any() or (self.link_speed <= 0).any() or (self.link_capacity <= 0).any():
+            bad = int(np.flatnonzero((self.link_length <= 0) | (self.link_speed <= 0) | (self.link_capacity <= 0))[0])
+            raise ScenarioError(f"network {self.name!r}: link {bad} has a non-positive length, speed or capacity")
+        set_("link_tfree", self.link_length / self.link_speed)
+        deg = np.bincount(self.link_src, minlength=v)
+        k = max(int(deg.max()), 1)
+        out = -np.ones((v, k), np.int32)
+        fill = np.zeros(v, np.int32)
+        for link, u in enumerate(self.link_src):
+            out[u, fill[u]] = link
+            fill[u] += 1
+        set_("out_links", out)
+        tt, nh = _all_pairs(v, self.link_src, self.link_dst, self.link_tfree)
+        set_("tt", tt)
+        set_("next_hop", nh)
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.node_xy)
+
+    @property
+    def num_links(self) -> int:
+        return len(self.link_src)
+
+    @property
+    def max_out_degree(self) -> int:
+        return self.out_links.shape[1]
+
+    def link_index(self, u: int, v: int) -> int:
+        """Id of the (fastest free-flow) link u→v, or -1 when the two are not adjacent."""
+        links = [int(link) for link in self.out_links[u] if link >= 0 and self.link_dst[link] == v]
+        return min(links, key=lambda link: self.link_tfree[link]) if links else -1
+
+    def shortest_path(self, u: int, v: int, link_cost: np.ndarray | None = None) -> list[int]:
+        """Nodes of a shortest u→v path (``[u, ..., v]``); ``[]`` when v cannot be reached.
+
+        With ``link_cost`` [E] (e.g. congested travel times) a Dijkstra search runs on those
+        costs; without it the precomputed free-flow next hops are followed.
+        """
+        if not np.isfinite(self.tt[u, v]):
+            return []
+        if link_cost is None:
+            path = [int(u)]
+            while path[-1] != v:
+                path.append(int(self.next_hop[path[-1], v]))
+            return path
+        return _dijkstra_path(self, int(u), int(v), np.asarray(link_cost, np.float64))
+
+    def largest_strong_component(self) -> "RoadNetwork":
+        """The sub-network on the largest strongly connected set of nodes (every pair reachable)."""
+        from scipy.sparse import csr_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        v = self.num_nodes
+        adj = csr_matrix((np.ones(self.num_links), (self.link_src, self.link_dst)), shape=(v, v))
+        _, labels = connected_components(adj, directed=True, connection="strong")
+        keep_label = np.bincount(labels).argmax()
+        keep = labels == keep_label
+        if keep.all():
+            return self
+        new_id = -np.ones(v, np.int64)
+        new_id[keep] = np.arange(keep.sum())
+        lk = keep[self.link_src] & keep[self.link_dst]
+        return RoadNetwork(
+            name=self.name,
+            node_xy=self.node_xy[keep],
+            node_names=[n for n, k in zip(self.node_names, keep) if k],
+            link_src=new_id[self.link_src[lk]],
+            link_dst=new_id[self.link_dst[lk]],
+            link_length=self.link_length[lk],
+            link_speed=self.link_speed[lk],
+            link_lanes=self.link_lanes[lk],
+            link_capacity=self.link_capacity[lk],
+        )
+
+
+def _all_pairs(v, src, dst, cost):
+    """All-pairs free-flow times and next hops (Dijkstra from every node, on the reversed graph
+    so that the predecessor of u in the tree rooted at v is u's next hop towards v)."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import shortest_path
+
+    # Parallel links: keep the fastest (csr_matrix would add duplicates up).
+    best: dict[tuple[int, int], float] = {}
+    for s, d, c in zip(src.tolist(), dst.tolist(), cost.tolist()):
+        if s != d and c < best.get((s, d), math.inf):
+            best[(s, d)] = c
+    rows = np.array([d for (s, d) in best], np.int64)
+    cols = np.array([s for (s, d) in best], np.int64)
+    rev = csr_matrix((np.array(list(best.values())), (rows, cols)), shape=(v, v))
+    dist_rev, pred_rev = shortest_path(rev, method="D", directed=True, return_predecessors=True)
+    tt = dist_rev.T.copy()  # tt[u, v] = dist in reversed graph from v to u
+    next_hop = pred_rev.T.astype(np.int32)
+    next_hop[next_hop < 0] = -1
+    np.fill_diagonal(next_hop, np.arange(v))
+    return tt, next_hop
+
+
+def _dijkstra_path(net: RoadNetwork, u: int, v: int, link_cost: np.ndarray) -> list[int]:
+    import heapq
+
+    dist = {u: 0.0}
+    prev: dict[int, int] = {}
+    heap = [(0.0, u)]
+    done = set()
+    while heap:
+        d, x = heapq.heappop(heap)
+        if x in done:
+            continue
+        done.add(x)
+        if x == v:
+            break
+        for link in net.out_links[x]:
+            if link < 0:
+                break
+            y = int(net.link_dst[link])
+            nd = d + float(link_cost[link])
+            if nd < dist.get(y, math.inf):
+                dist[y] = nd
+                prev[y] = x
+                heapq.heappush(heap, (nd, y))
+    if v not in done:
+        return []
+    path = [v]
+    while path[-1] != u:
+        path.append(prev[path[-1]])
+    return path[::-1]
+
+
+def _capacity(length_m, lanes, per_lane_km):
+    return np.maximum(np.asarray(lanes) * np.asarray(length_m) / 1000.0 * per_lane_km, 1.0)
+
+
+def grid_network(
+    rows: int,
+    cols: int,
+    link_length: float = 200.0,
+    speed: float = 10.0,
+    lanes: float = 1.0,
+    capacity_per_lane_km: float = 20.0,
+) -> RoadNetwork:
+    """A rows × cols grid of intersections with two-way streets between 4-neighbours.
+
+    Node ``r * cols + c`` sits at ``(c * link_length, r * link_length)``.
+    """
+    if rows < 1 or cols < 1 or rows * cols < 2:
+        raise ScenarioError(f"grid network needs at least 2 nodes, got rows={rows}, cols={cols}")
+    xy = [(c * link_length, r * link_length) for r in range(rows) for c in range(cols)]
+    src, dst = [], []
+    for r in range(rows):
+        for c in range(cols):
+            u = r * cols + c
+            for dr, dc in ((0, 1), (1, 0), (0, -1), (-1, 0)):
+                rr, cc = r + dr, c + dc
+                if 0 <= rr < rows and 0 <= cc < cols:
+                    src.append(u)
+                    dst.append(rr * cols + cc)
+    e = len(src)
+    length = np.full(e, float(link_length))
+    lanes_arr = np.full(e, float(lanes))
+    return RoadNetwork(
+        name=f"grid{rows}x{cols}",
+        node_xy=np.array(xy),
+        node_names=[f"Intersection_{i}" for i in range(rows * cols)],
+        link_src=np.array(src),
+        link_dst=np.array(dst),
+        link_length=length,
+        link_speed=np.full(e, float(speed)),
+        link_lanes=lanes_arr,
+        link_capacity=_capacity(length, lanes_arr, capacity_per_lane_km),
+    )
+
+
+def read_tntp(path: str | Path, capacity_scale: float = 1.0) -> RoadNetwork:
+    """Read a TNTP ``*_net.tntp`` file (Transportation Networks for Research format).
+
+    Columns after ``~``: init_node term_node capacity length free_flow_time b power speed toll
+    link_type. ``capacity`` is a flow (veh/h) and ``free_flow_time`` is in minutes; the link
+    holds ``capacity · t_free`` vehicles at free flow, which is the occupancy capacity used by
+    the env's BPR law (times ``capacity_scale``). Node coordinates are read from a sibling
+    ``*_node.tntp`` when there is one, else laid out on a circle.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ScenarioError(f"TNTP network file not found: {path}")
+    src, dst, cap, length, tfree = [], [], [], [], []
+    in_data = False
+    num_nodes_declared = None
+    for lineno, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("~"):
+            continue
+        if not in_data:
+            if line.upper().startswith("<NUMBER OF NODES>"):
+                num_nodes_declared = _tntp_int(line.split(">", 1)[1], path, lineno)
+            if line.upper().startswith("<END OF METADATA>"):
+                in_data = True
+            continue
+        fields = line.rstrip(";").split()
+        if len(fields) < 5:
+            raise ScenarioError(f"{path}:{lineno}: expected at least 5 columns (init term capacity length fftime), got {len(fields)}")
+        try:
+            a, b = int(fields[0]), int(fields[1])
+            c, ln, ft = float(fields[2]), float(fields[3]), float(fields[4])
+        except ValueError:
+            raise ScenarioError(f"{path}:{lineno}: non-numeric link fields {fields[:5]}") from None
+        if ft <= 0 or c <= 0:
+            raise ScenarioError(f"{path}:{lineno}: free_flow_time and capacity must be positive")
+        src.append(a)
+        dst.append(b)
+        cap.append(c)
+        length.append(ln)
+        tfree.append(ft * 60.0)
+    if not in_data:
+        raise ScenarioError(f"{path}: no <END OF METADATA> line; not a TNTP network file")
+    if not src:
+        raise ScenarioError(f"{path}: no links after <END OF METADATA>")
+    ids = sorted(set(src) | set(dst))
+    if num_nodes_declared is not None and max(ids) > num_nodes_declared:
+        raise ScenarioError(f"{path}: link refers to node {max(ids)} but <NUMBER OF NODES> is {num_nodes_declared}")
+    index = {n: i for i, n in enumerate(ids)}
+    tfree_a = np.array(tfree)
+    length_a = np.array(length)
+    # Lengths in TNTP may be 0 or in miles; travel time is what matters: derive a speed from it.
+    length_a = np.where(length_a > 0, length_a, tfree_a)
+    xy = _tntp_nodes(path, ids)
+    return RoadNetwork(
+        name=path.name.replace("_net.tntp", "").replace(".tntp", ""),
+        node_xy=xy,
+        node_names=[f"Intersection_{i}" for i in range(len(ids))],
+        link_src=np.array([index[a] for a in src]),
+        link_dst=np.array([index[b] for b in dst]),
+        link_length=length_a,
+        link_speed=length_a / tfree_a,
+        link_lanes=np.ones(len(src)),
+        link_capacity=np.maximum(np.array(cap) / 3600.0 * tfree_a * capacity_scale, 1.0),
+    )
+
+
+def _tntp_int(text, path, lineno):
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ScenarioError(f"{path}:{lineno}: expected an integer, got {text.strip()!r}") from None
+
+
+def _tntp_nodes(path: Path, ids: list[int]) -> np.ndarray:
+    node_file = path.with_name(path.name.replace("_net.tntp", "_node.tntp"))
+    coords: dict[int, tuple[float, float]] = {}
+    if node_file != path and node_file.is_file():
+        for lineno, raw in enumerate(node_file.read_text().splitlines(), 1):
+            f = raw.strip().rstrip(";").split()
+            if len(f) >= 3 and f[0].lstrip("-").isdigit():
+                try:
+                    coords[int(f[0])] = (float(f[1]), float(f[2]))
+                except ValueError:
+                    raise ScenarioError(f"{node_file}:{lineno}: non-numeric coordinates {f[:3]}") from None
+    if all(i in coords for i in ids):
+        return np.array([coords[i] for i in ids])
+    angle = 2 * np.pi * np.arange(len(ids)) / len(ids)
+    return np.stack([np.cos(angle), np.sin(angle)], 1) * 1000.0
+
+
+def read_sumo(path: str | Path, capacity_per_lane_km: float = 20.0, vclass: str = "passenger") -> RoadNetwork:
+    """Read a SUMO ``.net.xml`` (or ``.net.xml.gz``) with sumolib (extra ``leed_jax[sumo]``).
+
+    Junctions become nodes, non-internal edges that allow ``vclass`` become links, and the
+    network is cut to its largest strongly connected component so that every origin can reach
+    every destination.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ScenarioError(f"SUMO network file not found: {path}")
+    try:
+        import sumolib
+    except ImportError:
+        raise ScenarioError("reading SUMO networks needs the 'sumo' extra: pip install 'leed_jax[sumo]'") from None
+    try:
+        net = sumolib.net.readNet(str(path), withInternal=False)
+    except Exception as exc:  # sumolib raises plain xml/sax errors
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ScenarioError(f"{path}: not a readable SUMO network ({msg})") from None
+    edges = [
+        e
+        for e in net.getEdges()
+        if e.getFunction() != "internal" and e.allows(vclass) and e.getFromNode() is not e.getToNode()
+    ]
+    if not edges:
+        raise ScenarioError(f"{path}: no edges that allow {vclass!r}")
+    nodes = sorted({n.getID() for e in edges for n in (e.getFromNode(), e.getToNode())})
+    index = {n: i for i, n in enumerate(nodes)}
+    coord = {e.getFromNode().getID(): e.getFromNode().getCoord() for e in edges}
+    coord.update({e.getToNode().getID(): e.getToNode().getCoord() for e in edges})
+    length = np.array([max(e.getLength(), 1.0) for e in edges])
+    lanes = np.array([float(e.getLaneNumber()) for e in edges])
+    full = RoadNetwork(
+        name=path.name.split(".")[0],
+        node_xy=np.array([coord[n][:2] for n in nodes]),
+        node_names=nodes,
+        link_src=np.array([index[e.getFromNode().getID()] for e in edges]),
+        link_dst=np.array([index[e.getToNode().getID()] for e in edges]),
+        link_length=length,
+        link_speed=np.array([max(e.getSpeed(), 1.0) for e in edges]),
+        link_lanes=lanes,
+        link_capacity=_capacity(length, lanes, capacity_per_lane_km),
+    )
+    return full.largest_strong_component()
+
+
