@@ -1,0 +1,89 @@
+"""Env-only throughput: random valid actions under jit + vmap over parallel envs.
+
+    python benchmarks/env_throughput.py [--scenario traffic-grid-large] [--agents 10,100,1000,10000]
+
+Prints one JSON list last: per N, num_agents, num_envs, env_steps_per_s, agent_steps_per_s,
+compile_s, peak_rss_mb. The batch keeps about 2^15 agent slots per step (num_envs = max(1,
+32768 // N)), so per-agent figures compare like with like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+
+import leed_jax
+
+
+def make_rollout(env, num_envs: int, steps: int):
+    def policy_step(carry, key):
+        states = carry
+        avail = jax.vmap(env.avail_actions)(states)  # [E, N, A]
+        k_act, k_env = jax.random.split(key)
+        actions = jax.random.categorical(k_act, jnp.where(avail, 0.0, -1e9))
+        _, states, reward, _, _ = jax.vmap(env.step)(jax.random.split(k_env, num_envs), states, actions)
+        return states, reward.sum()
+
+    @jax.jit
+    def rollout(key):
+        _, states = jax.vmap(env.reset)(jax.random.split(key, num_envs))
+        states, rewards = jax.lax.scan(policy_step, states, jax.random.split(key, steps))
+        return rewards.sum()
+
+    return rollout
+
+
+def bench(scenario: str, n: int, steps: int, agent_slots: int) -> dict:
+    env = leed_jax.envs.wrappers.AutoResetWrapper(leed_jax.make_env(scenario, num_agents=n))
+    num_envs = max(1, agent_slots // n)
+    rollout = make_rollout(env, num_envs, steps)
+    t0 = time.perf_counter()
+    rollout(jax.random.PRNGKey(0)).block_until_ready()
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    reps = 3
+    for i in range(reps):
+        rollout(jax.random.PRNGKey(i + 1)).block_until_ready()
+    run_s = (time.perf_counter() - t0) / reps
+    env_steps = num_envs * steps / run_s
+    return {
+        "scenario": scenario,
+        "num_agents": n,
+        "num_envs": num_envs,
+        "steps": steps,
+        "env_steps_per_s": round(env_steps, 1),
+        "agent_steps_per_s": round(env_steps * n, 1),
+        "compile_s": round(compile_s - run_s, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "device": jax.devices()[0].device_kind,
+    }
+
+
+def main() -> None:
+    import leed_jax.envs.wrappers  # noqa: F401  (attribute access above)
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--scenario", default="traffic-grid-large")
+    p.add_argument("--agents", default="10,100,1000,10000")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--agent-slots", type=int, default=32768)
+    args = p.parse_args()
+    results = []
+    for n in [int(x) for x in args.agents.split(",")]:
+        r = bench(args.scenario, n, args.steps, args.agent_slots)
+        print(f"# N={n}: {r['agent_steps_per_s']:.3g} agent-steps/s, compile {r['compile_s']} s", flush=True)
+        results.append(r)
+    base = results[0]
+    for r in results:
+        r["per_agent_vs_first"] = round(r["agent_steps_per_s"] / base["agent_steps_per_s"], 3)
+        r["compile_vs_first"] = round(r["compile_s"] / max(base["compile_s"], 1e-9), 3)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
