@@ -1,0 +1,261 @@
+"""The one typed config of the PO stage and the main job.
+
+``TrainConfig`` is a frozen dataclass shared by library users (``leed_jax.train(config)``),
+TOML files (``--config FILE``, and the ``config.toml`` of every run directory) and the command
+line of ``python -m leed_jax.run``, whose flags are generated from its fields. Every field
+carries its help text and its allowed range in the field metadata, so a bad value anywhere
+gives the same one-line error naming the field and the range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+import tomllib
+import types
+import typing
+from typing import Any
+
+ALGOS = ("leed", "ippo", "mappo", "bc")
+SCHEDULES = ("constant", "linear", "exponential", "adaptive")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot be used (one-line message naming the field)."""
+
+
+def _f(default: Any, help: str, *, check: str | None = None, choices=None, flag=None):
+    """A dataclass field with its help text and its allowed range.
+
+    ``check`` is one of ``">0"``, ``">=0"``, ``"0..1"``, ``"(0,1]"``, ``"[0,1)"``.
+    """
+    meta = {"help": help, "check": check, "choices": choices, "flag": flag}
+    if isinstance(default, (list, tuple)):
+        return dataclasses.field(default=tuple(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs. ``total_steps`` counts env steps (one ``env.step`` of
+    all N agents in one env is one step) per seed; an update consumes
+    ``num_envs * num_steps`` of them."""
+
+    # -- what to run ----------------------------------------------------------------------
+    scenario: str = _f("traffic-grid", "scenario name (envs/*.toml) or path to a scenario TOML")
+    algo: str = _f("leed", "method: leed | ippo | mappo | bc", choices=ALGOS)
+    num_agents: int | None = _f(
+        None, "override the scenario's number of agents", check=">0", flag="--agents"
+    )
+    total_steps: int = _f(600_000, "env steps per seed (each step moves all agents)", check=">0")
+    num_envs: int = _f(16, "parallel envs per seed", check=">0")
+    num_steps: int = _f(64, "rollout length per env per update", check=">0")
+    seeds: int = _f(1, "independent runs, vmapped into one program", check=">0")
+    seed: int = _f(0, "base seed; run k of --seeds uses seed + k", check=">=0")
+    # -- demonstrations -------------------------------------------------------------------
+    demos: str | None = _f(None, "reuse this demo buffer instead of generating demonstrations")
+    model: str | None = _f(None, "LLM for demonstrations (litellm name); planner if unset")
+    # -- PPO ------------------------------------------------------------------------------
+    lr: float = _f(3e-4, "Adam learning rate", check=">0")
+    anneal_lr: bool = _f(False, "decay the learning rate linearly to 0")
+    gamma: float = _f(0.99, "discount per env step", check="0..1")
+    gae_lambda: float = _f(0.95, "GAE lambda", check="0..1")
+    clip_eps: float = _f(0.2, "PPO clip range", check=">0")
+    ent_coef: float = _f(0.01, "entropy bonus coefficient", check=">=0")
+    vf_coef: float = _f(0.5, "value loss coefficient", check=">=0")
+    max_grad_norm: float = _f(0.5, "per-agent gradient clip (global norm of one agent)", check=">0")
+    update_epochs: int = _f(4, "PPO epochs per update", check=">0")
+    num_minibatches: int = _f(4, "minibatches per epoch", check=">0")
+    # -- networks -------------------------------------------------------------------------
+    actor_hidden: tuple[int, ...] = _f((64, 64), "actor MLP hidden sizes", check=">0")
+    critic_hidden: tuple[int, ...] = _f((64, 64), "critic MLP hidden sizes", check=">0")
+    share_params: bool = _f(False, "one network for all agents plus a learned agent embedding")
+    agent_embed_dim: int = _f(8, "agent embedding size with --share-params", check=">0")
+    # -- expert loss ----------------------------------------------------------------------
+    expert_weight: float = _f(1.0, "initial expert-loss weight w_i(0)", check=">=0")
+    expert_schedule: str = _f(
+        "adaptive", "expert weight schedule: constant | linear | exponential | adaptive",
+        choices=SCHEDULES,
+    )
+    expert_decay_frac: float = _f(
+        0.5, "linear: fraction of training at which the weight reaches 0", check="(0,1]"
+    )
+    expert_half_life_frac: float = _f(
+        0.1, "exponential: half-life as a fraction of training", check=">0"
+    )
+    expert_adaptive_tol: float = _f(
+        0.1,
+        "adaptive: relative return gap to the demonstrations below which the weight fades",
+        check=">0",
+    )
+    expert_return_ema: float = _f(
+        0.05, "adaptive: EMA rate of each agent's own episodic return", check="(0,1]"
+    )
+    expert_batch_size: int = _f(64, "demo samples per agent per minibatch", check=">0")
+    # -- run ------------------------------------------------------------------------------
+    out: str | None = _f(None, "run directory (default runs/<scenario>-<algo>-<timestamp>)")
+    log_every: int = _f(0, "updates per logged chunk (0: about 40 log lines per run)", check=">=0")
+    checkpoint_every: int = _f(1, "checkpoint every this many logged chunks", check=">0")
+    eval_envs: int = _f(16, "episodes in the final evaluation", check=">0")
+    eval_greedy: bool = _f(True, "evaluate the most likely action instead of sampling")
+    compare: bool = _f(False, "also train IPPO on the same budget and compare")
+    progress: bool = _f(True, "show a progress bar")
+
+    # -- derived sizes --------------------------------------------------------------------
+    @property
+    def batch_steps(self) -> int:
+        """Env steps per update (per seed)."""
+        return self.num_envs * self.num_steps
+
+    @property
+    def num_updates(self) -> int:
+        return max(1, self.total_steps // self.batch_steps)
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_steps // self.num_minibatches
+
+    @property
+    def chunk_updates(self) -> int:
+        """Updates per jitted chunk (one log line, one possible checkpoint)."""
+        if self.log_every > 0:
+            return min(self.log_every, self.num_updates)
+        return max(1, math.ceil(self.num_updates / 40))
+
+    @property
+    def num_chunks(self) -> int:
+        return math.ceil(self.num_updates / self.chunk_updates)
+
+    def replace(self, **changes) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> TrainConfig:
+        """Raise ``ConfigError`` (one line) for the first value out of range; return self."""
+        for f in dataclasses.fields(self):
+            _check_value(f, getattr(self, f.name))
+        if self.batch_steps % self.num_minibatches:
+            raise ConfigError(
+                f"num_minibatches={self.num_minibatches} must divide num_envs*num_steps="
+                f"{self.batch_steps}"
+            )
+        if self.total_steps < self.batch_steps:
+            raise ConfigError(
+                f"total_steps={self.total_steps} is below one update "
+                f"(num_envs*num_steps={self.batch_steps})"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+            for f in dataclasses.fields(self)
+        }
+
+
+def _field_type(f: dataclasses.Field) -> tuple[type, bool]:
+    """(base type, optional) of a TrainConfig field."""
+    hint = typing.get_type_hints(TrainConfig)[f.name]
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        (base,) = [a for a in args if a is not type(None)]
+        return base, True
+    if origin is tuple:
+        return tuple, False
+    return hint, False
+
+
+def _range_text(check: str) -> str:
+    return {
+        ">0": "> 0",
+        ">=0": ">= 0",
+        "0..1": "in [0, 1]",
+        "(0,1]": "in (0, 1]",
+    }[check]
+
+
+def _check_value(f: dataclasses.Field, value: Any) -> None:
+    name = f.name
+    base, optional = _field_type(f)
+    if value is None:
+        if optional:
+            return
+        raise ConfigError(f"config field {name!r} must be set")
+    if base is tuple:
+        if not isinstance(value, tuple) or not value:
+            raise ConfigError(f"config field {name!r} must be a non-empty list of integers")
+        items = value
+    else:
+        items = (value,)
+    for v in items:
+        want = int if base is tuple else base
+        ok = isinstance(v, want) and not (want is not bool and isinstance(v, bool))
+        if want is float and isinstance(v, int) and not isinstance(v, bool):
+            ok = True
+        if not ok:
+            raise ConfigError(f"config field {name!r} must be {want.__name__} (got {v!r})")
+        check = f.metadata.get("check")
+        if check and not _in_range(check, v):
+            raise ConfigError(f"config field {name!r} must be {_range_text(check)} (got {v!r})")
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(
+            f"config field {name!r} must be one of {', '.join(choices)} (got {value!r})"
+        )
+
+
+def _in_range(check: str, v: float) -> bool:
+    if isinstance(v, float) and not math.isfinite(v):
+        return False
+    return {
+        ">0": v > 0,
+        ">=0": v >= 0,
+        "0..1": 0 <= v <= 1,
+        "(0,1]": 0 < v <= 1,
+    }[check]
+
+
+def config_fields() -> list[dataclasses.Field]:
+    return list(dataclasses.fields(TrainConfig))
+
+
+def from_dict(data: dict[str, Any], *, base: TrainConfig | None = None, where: str = "config"):
+    """A TrainConfig from a flat mapping (TOML tables are flattened: ``[ppo] lr`` = ``lr``)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    changes = {}
+    for key, value in flat.items():
+        if key not in known:
+            raise ConfigError(f"unknown config key {key!r} in {where}")
+        base_type, _ = _field_type(known[key])
+        if base_type is tuple and isinstance(value, list):
+            value = tuple(value)
+        if base_type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        changes[key] = value
+    return dataclasses.replace(base or TrainConfig(), **changes)
+
+
+def load_config(path: str | pathlib.Path, *, base: TrainConfig | None = None) -> TrainConfig:
+    """Read a TOML config (flat keys, or tables whose keys are flattened)."""
+    path = pathlib.Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} not found") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from None
+    return from_dict(data, base=base, where=str(path))
+
+
+def dump_config(config: TrainConfig) -> str:
+    """TOML text of the resolved config (unset optional fields are left out)."""
+    import tomli_w
+
+    return tomli_w.dumps({k: v for k, v in config.to_dict().items() if v is not None})

@@ -1,0 +1,601 @@
+"""The PO stage: one trainer for LEED, IPPO, MAPPO and BC.
+
+``make_train(config, env, demos)`` builds a ``Trainer`` whose ``update(state) -> (state,
+metrics)`` is pure and jit-able: a rollout (``lax.scan``), GAE, and epochs of minibatch updates
+of every agent's own loss
+
+    L_i = PPO_i  +  w_i(t) · E_i,      E_i = −log π_i(a_demo | o_demo) on agent i's demos,
+
+summed over agents (each term averaged over agent i's own data, so agent i's gradient depends
+on agent i's data only). The methods are options of this one trainer:
+
+    leed   PPO + weighted expert loss            ippo   PPO only (w = 0)
+    mappo  PPO with a centralised critic         bc     expert loss only
+           (own obs + the env's global state)
+
+``train(config)`` is the host loop around it: it runs chunks of updates as one compiled
+program (vmapped over ``--seeds``), and only between chunks touches files, progress, logs and
+checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+import sys
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from leed_jax.config import TrainConfig
+from leed_jax.po.expert import expert_loss
+from leed_jax.po.gae import gae
+from leed_jax.po.networks import ActorCritic, Params, critic_input
+from leed_jax.po.optim import Optimizer, make_optimizer, per_agent_norm
+from leed_jax.po.ppo import ppo_terms
+from leed_jax.po.rollout import EnvCarry, reset_envs, rollout
+from leed_jax.po.schedules import ScheduleParams, expert_weight
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (one-line message), e.g. a NaN in the loss."""
+
+
+class DemoMismatchError(ValueError):
+    """A demo buffer that does not fit the env (one-line message)."""
+
+
+class TrainState(NamedTuple):
+    """Everything an update reads and writes; checkpointed whole."""
+
+    params: Params  # per-agent leaves [N, ...] (or shared + "embed" [N, K])
+    opt_state: Any  # per-agent like params
+    env: EnvCarry  # env states [E], obs [E, N, D], running returns [E, N]
+    rng: jax.Array  # PRNGKey (uint32 [2])
+    update: jax.Array  # [] int32 updates done
+    return_ema: jax.Array  # [N] EMA of each agent's own episodic return
+    return_seen: jax.Array  # [N] bool: the EMA has seen an episode
+
+
+class MiniBatchData(NamedTuple):
+    """Flattened rollout samples, ``[S, N, ...]`` with ``S = T * E`` (or a minibatch of it)."""
+
+    obs: jax.Array  # [S, N, D]
+    avail: jax.Array  # [S, N, A]
+    action: jax.Array  # [S, N]
+    log_prob: jax.Array  # [S, N]
+    value: jax.Array  # [S, N]
+    advantage: jax.Array  # [S, N]
+    target: jax.Array  # [S, N]
+    decision: jax.Array  # [S, N]
+    global_state: jax.Array | None  # [S, G] (centralised critic only)
+
+
+def _wrap_autoreset(env):
+    from leed_jax.envs.wrappers import AutoResetWrapper
+
+    return env if isinstance(env, AutoResetWrapper) else AutoResetWrapper(env)
+
+
+def check_demos(demos, env) -> None:
+    """Raise ``DemoMismatchError`` unless the buffer's shapes fit ``env``."""
+    spec = env.spec
+    n, _, d = demos.obs.shape
+    a = demos.avail.shape[-1]
+    if (n, d, a) != (spec.num_agents, spec.obs_dim, spec.num_actions):
+        raise DemoMismatchError(
+            f"the demo buffer (agents={n}, obs_dim={d}, actions={a}) does not fit scenario "
+            f"{env.name!r} (agents={spec.num_agents}, obs_dim={spec.obs_dim}, "
+            f"actions={spec.num_actions}); generate demos for this scenario or drop --demos"
+        )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Trainer:
+    """Static parts of a run; ``init``/``update``/``chunk``/``evaluate`` are pure functions
+    of arrays (jit them, vmap them over seeds)."""
+
+    config: TrainConfig
+    env: Any  # auto-resetting
+    policy: ActorCritic
+    optimizer: Optimizer
+    schedule: ScheduleParams
+    centralised: bool
+    use_ppo: bool
+    use_expert: bool
+
+    @property
+    def num_agents(self) -> int:
+        return self.env.spec.num_agents
+
+    # ------------------------------------------------------------------ init
+    def init(self, key: jax.Array) -> TrainState:
+        k_params, k_env, k_rng = jax.random.split(key, 3)
+        params = self.policy.init(k_params)
+        n = self.num_agents
+        return TrainState(
+            params=params,
+            opt_state=self.optimizer.init(params),
+            env=reset_envs(self.env, k_env, self.config.num_envs),
+            rng=k_rng,
+            update=jnp.zeros((), jnp.int32),
+            return_ema=jnp.zeros((n,), jnp.float32),
+            return_seen=jnp.zeros((n,), bool),
+        )
+
+    # ------------------------------------------------------------------ losses
+    def loss(self, params: Params, mb: MiniBatchData, demo, weight: jax.Array):
+        """Sum over agents of each agent's loss; aux: per-agent PPO terms and expert loss."""
+        c = self.config
+        logits = self.policy.logits(params, mb.obs, mb.avail)  # [B, N, A]
+        value = self.policy.value(params, critic_input(mb.obs, mb.global_state))  # [B, N]
+        terms = ppo_terms(
+            logits, value, mb.action, mb.log_prob, mb.value, mb.advantage, mb.target,
+            mb.decision, c.clip_eps,
+        )
+        per_agent = jnp.zeros((self.num_agents,), jnp.float32)
+        if self.use_ppo:
+            per_agent += terms.policy + c.vf_coef * terms.value - c.ent_coef * terms.entropy
+        ex = jnp.zeros_like(per_agent)
+        if self.use_expert:
+            d_obs, d_action, d_avail, d_weight = (jnp.swapaxes(x, 0, 1) for x in demo)  # [B, N]
+            d_logits = self.policy.logits(params, d_obs, d_avail)
+            ex = expert_loss(d_logits, d_action, d_weight)
+            per_agent += weight * ex
+        return per_agent.sum(), (terms, ex)
+
+    def expert_weights(self, state: TrainState, demo_return: jax.Array | None) -> jax.Array:
+        n = self.num_agents
+        if not self.use_expert:
+            return jnp.zeros((n,), jnp.float32)
+        if not self.use_ppo:  # bc: imitation is all there is
+            return jnp.full((n,), self.config.expert_weight, jnp.float32)
+        progress = state.update.astype(jnp.float32) / self.config.num_updates
+        return expert_weight(
+            self.schedule, progress, state.return_ema, state.return_seen, demo_return
+        )
+
+    # ------------------------------------------------------------------ update
+    def update(self, state: TrainState, demos=None) -> tuple[TrainState, dict]:
+        """One PPO(+expert) update: rollout, GAE, ``update_epochs`` x ``num_minibatches``
+        minibatch steps. ``demos``: the ``DemoBuffer`` (needed by leed and bc)."""
+        c = self.config
+        rng, k_roll, k_epochs = jax.random.split(state.rng, 3)
+        carry, ro = rollout(
+            self.env, self.policy, state.params, state.env, k_roll, c.num_steps,
+            centralised=self.centralised,
+        )
+        last_gs = jax.vmap(self.env.global_state)(carry.state) if self.centralised else None
+        last_value = self.policy.value(state.params, critic_input(carry.obs, last_gs))
+        tr = ro.transition
+        advantage, target = gae(tr.reward, ro.value, tr.done, last_value, c.gamma, c.gae_lambda)
+
+        # Own episodic returns: per-episode statistics and the EMA of the adaptive schedule.
+        ends = ro.episode_end.astype(jnp.float32)  # [T, E]
+        n_end = ends.sum()
+        agent_mean = ro.episode_return.sum((0, 1)) / jnp.maximum(n_end, 1.0)  # [N]
+        ema = jnp.where(
+            state.return_seen,
+            state.return_ema + c.expert_return_ema * (agent_mean - state.return_ema),
+            agent_mean,
+        )
+        return_ema = jnp.where(n_end > 0, ema, state.return_ema)
+        return_seen = state.return_seen | (n_end > 0)
+        demo_return = None if demos is None else demos.agent_return.astype(jnp.float32)
+        weight = self.expert_weights(state, demo_return)
+
+        flat = lambda x: x.reshape((-1,) + x.shape[2:])
+        data = MiniBatchData(
+            obs=flat(tr.obs), avail=flat(tr.avail), action=flat(tr.action),
+            log_prob=flat(ro.log_prob), value=flat(ro.value), advantage=flat(advantage),
+            target=flat(target), decision=flat(tr.decision),
+            global_state=None if ro.global_state is None else flat(ro.global_state),
+        )
+        num_samples = c.batch_steps
+        grad = jax.value_and_grad(self.loss, has_aux=True)
+
+        def minibatch_step(carry, xs):
+            params, opt_state = carry
+            mb, key = xs
+            demo = None
+            if self.use_expert:
+                from leed_jax.dg.buffer import sample_demos
+
+                demo = sample_demos(key, demos, c.expert_batch_size)
+            (loss, (terms, ex)), grads = grad(params, mb, demo, weight)
+            updates, opt_state = self.optimizer.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            gnorm = (
+                optax.global_norm(grads) if self.policy.share else per_agent_norm(grads).mean()
+            )
+            stats = {"loss": loss, "expert_loss": ex.mean(), "grad_norm": gnorm}
+            stats.update({k: v.mean() for k, v in terms._asdict().items()})
+            return (params, opt_state), stats
+
+        def epoch(carry, key):
+            k_perm, k_demo = jax.random.split(key)
+            perm = jax.random.permutation(k_perm, num_samples)
+            shape = (c.num_minibatches, c.minibatch_size)
+            mbs = jax.tree_util.tree_map(lambda x: x[perm].reshape(shape + x.shape[1:]), data)
+            keys = jax.random.split(k_demo, c.num_minibatches)
+            return jax.lax.scan(minibatch_step, carry, (mbs, keys))
+
+        (params, opt_state), stats = jax.lax.scan(
+            epoch, (state.params, state.opt_state), jax.random.split(k_epochs, c.update_epochs)
+        )
+        metrics = {k: v.mean() for k, v in stats.items()}
+        metrics.update(
+            expert_weight=weight.mean(),
+            episodes=n_end,
+            return_sum=(ro.episode_return.mean(-1) * ends).sum(),
+            env={k: (v * ends).sum() for k, v in ro.metrics.items()},
+            reward_mean=tr.reward.mean(),
+            decision_frac=tr.decision.astype(jnp.float32).mean(),
+            valid=jnp.ones((), jnp.float32),
+        )
+        new_state = TrainState(
+            params, opt_state, carry, rng, state.update + 1, return_ema, return_seen
+        )
+        return new_state, metrics
+
+    def chunk(self, state: TrainState, demos=None) -> tuple[TrainState, dict]:
+        """``chunk_updates`` updates as one ``lax.scan`` (metrics stacked ``[U]``). Updates past
+        ``num_updates`` are skipped (``metrics["valid"] == 0``), so every chunk has the same
+        compiled program."""
+        shapes = jax.eval_shape(self.update, state, demos)[1]
+        skipped = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+        def body(s, _):
+            return jax.lax.cond(
+                s.update < self.config.num_updates,
+                lambda s: self.update(s, demos),
+                lambda s: (s, skipped),
+                s,
+            )
+
+        return jax.lax.scan(body, state, None, length=self.config.chunk_updates)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, params: Params, key: jax.Array, num_envs: int, greedy: bool = True) -> dict:
+        """One episode in each of ``num_envs`` fresh envs: mean per-agent return, per-agent
+        returns ``[N]``, and the env metrics of the finished episodes (means over envs)."""
+        k_reset, k_roll = jax.random.split(key)
+        carry = reset_envs(self.env, k_reset, num_envs)
+        carry, ro = rollout(
+            self.env, self.policy, params, carry, k_roll, self.env.spec.horizon,
+            centralised=self.centralised, greedy=greedy,
+        )
+        ended = ro.episode_end.any(0)  # [E]
+        first = jnp.argmax(ro.episode_end, axis=0)  # [E]
+        env_idx = jnp.arange(num_envs)
+        agent_return = jnp.where(
+            ended[:, None], ro.episode_return[first, env_idx], carry.ep_return
+        )  # [E, N]
+        last = ro.episode_end.shape[0] - 1
+        metrics = {
+            k: jnp.where(ended, v[first, env_idx], v[last]).mean() for k, v in ro.metrics.items()
+        }
+        return {
+            "return": agent_return.mean(),
+            "agent_return": agent_return.mean(0),
+            "ended_frac": ended.astype(jnp.float32).mean(),
+            "metrics": metrics,
+        }
+
+
+def make_train(config: TrainConfig, env, demos=None) -> Trainer:
+    """Build the trainer of ``config`` for ``env`` (wrapped in ``AutoResetWrapper`` if it is
+    not already). ``demos`` (a ``DemoBuffer``) is needed by ``leed`` and ``bc``."""
+    config.validate()
+    env = _wrap_autoreset(env)
+    spec = env.spec
+    use_expert = config.algo in ("leed", "bc")
+    if use_expert:
+        if demos is None:
+            raise DemoMismatchError(f"algo {config.algo!r} needs demonstrations (--demos PATH)")
+        check_demos(demos, env)
+    centralised = config.algo == "mappo"
+    policy = ActorCritic(
+        num_agents=spec.num_agents,
+        obs_dim=spec.obs_dim,
+        num_actions=spec.num_actions,
+        critic_dim=spec.obs_dim + (spec.global_state_dim if centralised else 0),
+        actor_hidden=tuple(config.actor_hidden),
+        critic_hidden=tuple(config.critic_hidden),
+        share=config.share_params,
+        embed_dim=config.agent_embed_dim,
+    )
+    lr: Any = config.lr
+    if config.anneal_lr:
+        steps = config.num_updates * config.update_epochs * config.num_minibatches
+        lr = optax.linear_schedule(config.lr, 0.0, steps)
+    return Trainer(
+        config=config,
+        env=env,
+        policy=policy,
+        optimizer=make_optimizer(lr, config.max_grad_norm, per_agent=not config.share_params),
+        schedule=ScheduleParams(
+            kind=config.expert_schedule,
+            weight=config.expert_weight,
+            decay_frac=config.expert_decay_frac,
+            half_life_frac=config.expert_half_life_frac,
+            adaptive_tol=config.expert_adaptive_tol,
+        ),
+        centralised=centralised,
+        use_ppo=config.algo != "bc",
+        use_expert=use_expert,
+    )
+
+
+# ====================================================================== host loop
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What ``train`` returns. Arrays carry a leading seed axis ``[K]``."""
+
+    config: TrainConfig
+    out_dir: pathlib.Path
+    state: TrainState
+    summary: dict
+    history: list[dict]
+    trainer: Trainer
+
+    @property
+    def params(self) -> Params:
+        return self.state.params
+
+
+def seed_keys(config: TrainConfig) -> jax.Array:
+    """``[K, 2]``: run k of ``--seeds K`` starts from ``PRNGKey(seed + k)``, so it equals a
+    separate run with that seed."""
+    return jnp.stack([jax.random.PRNGKey(config.seed + k) for k in range(config.seeds)])
+
+
+def chunk_record(config: TrainConfig, metrics: dict, update: int, wall_s: float) -> dict:
+    """One metrics.jsonl line from a chunk's metrics (host numpy, axes ``[K, U]``)."""
+    valid = np.asarray(metrics["valid"]) > 0  # [K, U]
+    episodes = (np.asarray(metrics["episodes"]) * valid).sum(1)  # [K]
+
+    def per_episode(x):  # sums over episodes -> per-episode means [K]
+        total = (np.asarray(x) * valid).sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(episodes > 0, total / np.maximum(episodes, 1), np.nan)
+
+    def per_update(x):  # [K]
+        return (np.asarray(x) * valid).sum(1) / np.maximum(valid.sum(1), 1)
+
+    def seeds_mean(v):
+        v = np.asarray(v, float)
+        return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+
+    record: dict[str, Any] = {"update": update, "env_steps": update * config.batch_steps,
+                              "wall_s": round(wall_s, 3)}
+    per_seed = {"return": per_episode(metrics["return_sum"])}
+    per_seed.update({k: per_episode(v) for k, v in metrics["env"].items()})
+    for key in ("loss", "policy", "value", "entropy", "expert_loss", "approx_kl", "clip_frac",
+                "grad_norm", "reward_mean", "decision_frac"):
+        per_seed[key] = per_update(metrics[key])
+    # The weight in force at the last update of the chunk.
+    last = np.maximum(valid.sum(1) - 1, 0)
+    per_seed["expert_weight"] = np.asarray(metrics["expert_weight"])[np.arange(len(last)), last]
+    rename = {"policy": "policy_loss", "value": "value_loss"}
+    for key, value in per_seed.items():
+        name = rename.get(key, key)
+        record[name] = seeds_mean(value)
+        if config.seeds > 1 and key in ["return", *metrics["env"]]:
+            record[f"{name}_seeds"] = [float(x) for x in value]
+    record["episodes"] = int(episodes.sum())
+    return record
+
+
+def _first_nonfinite(metrics: dict, first_update: int) -> int | None:
+    loss = np.asarray(metrics["loss"])  # [K, U]
+    bad = ~np.isfinite(loss) & (np.asarray(metrics["valid"]) > 0)
+    if not bad.any():
+        return None
+    return first_update + int(np.argmax(bad.any(0))) + 1
+
+
+def resolve_demos(config: TrainConfig, env, out_dir: pathlib.Path, say=print):
+    """The demo buffer path of ``config`` (generated into ``out_dir/demos`` when unset)."""
+    if config.demos:
+        return pathlib.Path(config.demos)
+    from leed_jax.dg.buffer import read_demo_meta
+    from leed_jax.dg.generate import generate_demos
+
+    overrides = {"num_agents": config.num_agents} if config.num_agents else None
+    path = generate_demos(
+        config.scenario, source="auto", model=config.model, out=out_dir / "demos",
+        seed=config.seed, overrides=overrides, progress=config.progress,
+    )
+    meta = read_demo_meta(path)
+    source = meta.get("source", "?")
+    how = f"LLM {meta.get('model')}" if source == "llm" else "the built-in planner (no LLM configured)"
+    say(f"demonstrations: {how} -> {path}")
+    return pathlib.Path(path)
+
+
+def load_demo_buffer(path, env):
+    from leed_jax.dg.buffer import load_demos
+
+    demos = load_demos(path, env=env)
+    check_demos(demos, env)
+    return demos
+
+
+def train(
+    config: TrainConfig,
+    *,
+    env=None,
+    demos=None,
+    resume: bool = False,
+    max_chunks: int | None = None,
+    say=None,
+) -> TrainResult:
+    """Train ``config`` end to end in its run directory and evaluate the result.
+
+    env: an env to use instead of ``make_env(config.scenario)``; demos: a ``DemoBuffer`` to use
+    instead of ``config.demos`` (generated when leed/bc has none). resume: continue from the
+    latest checkpoint in ``config.out``. max_chunks: stop after this many chunks (as if
+    interrupted; for tests and time-boxed jobs). Writes ``config.toml``, ``metrics.jsonl``,
+    ``checkpoints/``, ``summary.json`` and ``learning_curve.png`` under ``config.out``.
+    """
+    from leed_jax.io.checkpoint import Checkpointer
+    from leed_jax.io.plots import plot_learning_curves
+    from leed_jax.io.rundir import RunDir, default_run_dir
+
+    say = say or (lambda msg: print(msg, file=sys.stderr))
+    t_start = time.perf_counter()
+    config.validate()
+    if config.out is None:
+        config = config.replace(out=str(default_run_dir(config.scenario, config.algo)))
+    run = RunDir(config.out)
+    ckpt_dir = run.checkpoint_dir
+    if resume and (not ckpt_dir.exists() or Checkpointer(ckpt_dir).latest_step() is None):
+        raise FileNotFoundError(f"no checkpoint to resume in {run.path}")
+    run.create()
+    if env is None:
+        from leed_jax.envs.registry import make_env
+
+        env = make_env(config.scenario, num_agents=config.num_agents)
+    if demos is None and config.algo in ("leed", "bc"):
+        if not config.demos:
+            config = config.replace(demos=str(resolve_demos(config, env, run.path, say)))
+        demos = load_demo_buffer(config.demos, env)
+    if not resume:
+        run.write_config(config)
+        if run.metrics_path.exists():
+            run.metrics_path.unlink()
+    trainer = make_train(config, env, demos)
+    demo_arrays = None if not trainer.use_expert else jax.tree_util.tree_map(jnp.asarray, demos)
+
+    state = jax.jit(jax.vmap(trainer.init))(seed_keys(config))
+    checkpointer = Checkpointer(ckpt_dir)
+    prior_wall = 0.0
+    if resume:
+        state, meta = checkpointer.restore(state)
+        prior_wall = float(meta.get("wall_s", 0.0))
+        history = run.truncate_metrics(int(meta["update"]))
+        say(f"resuming {run.path} from update {meta['update']}")
+    else:
+        history = []
+
+    t_compile = time.perf_counter()
+    chunk_fn = jax.jit(jax.vmap(trainer.chunk, in_axes=(0, None)), donate_argnums=0)
+    compiled = chunk_fn.lower(state, demo_arrays).compile()
+    compile_s = time.perf_counter() - t_compile
+
+    start_update = int(np.asarray(state.update)[0])
+    done_chunks = start_update // config.chunk_updates
+    remaining = config.num_chunks - done_chunks
+    if max_chunks is not None:
+        remaining = min(remaining, max_chunks)
+    progress = _Progress(config, start_update) if config.progress else None
+    t_loop = time.perf_counter()
+    update = start_update
+    try:
+        for i in range(remaining):
+            state, metrics = compiled(state, demo_arrays)
+            metrics = jax.device_get(metrics)
+            bad = _first_nonfinite(metrics, update)
+            if bad is not None:
+                last = checkpointer.latest_step()
+                kept = f"last good checkpoint: update {last} in {ckpt_dir}" if last is not None \
+                    else "no checkpoint was written before it"
+                raise TrainingError(f"NaN in the loss at update {bad}; stopped ({kept})")
+            update = int(np.asarray(state.update)[0])
+            wall = prior_wall + time.perf_counter() - t_start
+            record = chunk_record(config, metrics, update, wall)
+            record["env_steps_per_s"] = round(
+                (update - start_update) * config.batch_steps * config.seeds
+                / max(time.perf_counter() - t_loop, 1e-9), 1
+            )
+            run.append_metrics(record)
+            history.append(record)
+            is_last = update >= config.num_updates
+            if (done_chunks + i + 1) % config.checkpoint_every == 0 or is_last:
+                checkpointer.save(update, state, {"update": update, "wall_s": wall})
+            if progress:
+                progress.advance(update, record)
+    finally:
+        if progress:
+            progress.close()
+        checkpointer.close()
+    loop_s = time.perf_counter() - t_loop
+    trained_steps = (update - start_update) * config.batch_steps
+
+    evaluation = jax.device_get(
+        jax.jit(jax.vmap(lambda p, k: trainer.evaluate(p, k, config.eval_envs, config.eval_greedy)))(
+            state.params, jax.vmap(lambda k: jax.random.fold_in(k, 7))(seed_keys(config))
+        )
+    )
+    wall_s = prior_wall + time.perf_counter() - t_start
+    summary = {
+        "algo": config.algo,
+        "scenario": env.name,
+        "num_agents": env.spec.num_agents,
+        "seeds": config.seeds,
+        "env_steps": update * config.batch_steps,
+        "updates": update,
+        "finished": update >= config.num_updates,
+        "wall_s": round(wall_s, 2),
+        "compile_s": round(compile_s, 2),
+        "env_steps_per_s": round(trained_steps * config.seeds / max(loop_s, 1e-9), 1),
+        "final_return": float(np.mean(evaluation["return"])),
+        "final_return_seeds": [float(x) for x in evaluation["return"]],
+        "eval_episodes": config.eval_envs,
+        "eval_greedy": config.eval_greedy,
+    }
+    summary["metric_names"] = sorted(evaluation["metrics"])
+    for k, v in evaluation["metrics"].items():
+        summary[k] = float(np.mean(v))
+        if config.seeds > 1:
+            summary[f"{k}_seeds"] = [float(x) for x in v]
+    if demos is not None:
+        summary["demo_return"] = float(np.asarray(demos.agent_return).mean())
+    run.write_summary(summary)
+    plot_learning_curves({config.algo: history}, run.plot_path,
+                         title=f"{env.name}: {config.algo}, N={env.spec.num_agents}")
+    return TrainResult(config, run.path, state, summary, history, trainer)
+
+
+class _Progress:
+    """A rich progress bar with return and steps/s (host side only)."""
+
+    def __init__(self, config: TrainConfig, start_update: int):
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.config = config
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed:,.0f}/{task.total:,.0f} steps"),
+            TextColumn("return {task.fields[ret]}"),
+            TextColumn("{task.fields[sps]} steps/s"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(
+            config.algo, total=config.num_updates * config.batch_steps,
+            completed=start_update * config.batch_steps, ret="-", sps="-",
+        )
+
+    def advance(self, update: int, record: dict) -> None:
+        ret = record.get("return")
+        self.progress.update(
+            self.task,
+            completed=update * self.config.batch_steps,
+            ret="-" if ret is None or not math.isfinite(ret) else f"{ret:.3f}",
+            sps=f"{record['env_steps_per_s']:,.0f}",
+        )
+
+    def close(self) -> None:
+        self.progress.stop()

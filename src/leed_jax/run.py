@@ -1,0 +1,209 @@
+"""The main job: ``python -m leed_jax.run``.
+
+With no arguments it runs the default traffic scenario end to end: demonstrations (from the
+LLM when one is configured, from the built-in planner otherwise), LEED training, evaluation,
+and a table of the trained policy against its demonstrations (``--compare``: and against IPPO
+trained on the same budget). Every ``TrainConfig`` field is a flag (``--total-steps``,
+``--lr``, ...); ``--config FILE`` reads a TOML file first, flags override it.
+
+Exit status: 0 done; 1 training stopped (NaN in the loss); 2 bad input (a flag, a config
+value, a scenario, a demo buffer that does not fit, nothing to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import pathlib
+import sys
+
+from leed_jax.config import ConfigError, TrainConfig, _field_type, load_config
+
+PROG = "python -m leed_jax.run"
+# Flags of TrainConfig fields that `--resume` still accepts (they change no result).
+_RESUME_OK = {"progress"}
+
+
+class UsageError(Exception):
+    """Bad command-line input (one line, exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage block
+        raise UsageError(message)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[1], allow_abbrev=False)
+    p.add_argument("--config", metavar="FILE", help="TOML config; flags override it")
+    p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
+    for f in dataclasses.fields(TrainConfig):
+        base, _ = _field_type(f)
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        kw: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": f.metadata["help"]}
+        if base is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif base is tuple:
+            kw.update(type=_int_list, metavar="N,N")
+        else:
+            kw.update(type=base, metavar=f.name.split("_")[-1].upper())
+        p.add_argument(flag, **kw)
+    return p
+
+
+def resolve_config(argv: list[str] | None) -> tuple[TrainConfig, pathlib.Path | None]:
+    """The config of a command line, validated; and the run directory to resume, if any."""
+    args = vars(build_parser().parse_args(argv))
+    config_file = args.pop("config", None)
+    resume = args.pop("resume", None)
+    if resume:
+        resume_dir = pathlib.Path(resume)
+        if not (resume_dir / "config.toml").is_file():
+            raise FileNotFoundError(f"no run to resume in {resume_dir} (no config.toml)")
+        if not any((resume_dir / "checkpoints").glob("[0-9]*")):
+            raise FileNotFoundError(f"no checkpoint to resume in {resume_dir}")
+        extra = sorted(set(args) - _RESUME_OK)
+        if config_file or extra:
+            names = ", ".join(["--config"] * bool(config_file) + ["--" + e.replace("_", "-") for e in extra])
+            raise UsageError(f"--resume continues a run with its own config; drop {names}")
+        config = load_config(resume_dir / "config.toml").replace(out=str(resume_dir), **args)
+        return config.validate(), resume_dir
+    config = (load_config(config_file) if config_file else TrainConfig()).replace(**args)
+    config.validate()
+    if config.out is None:
+        from leed_jax.io.rundir import default_run_dir
+
+        config = config.replace(out=str(default_run_dir(config.scenario, config.algo)))
+    return config, None
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _fmt(value, digits=3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}" if abs(value) < 1000 else f"{value:,.0f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def print_table(rows: list[dict], metric_names: list[str]) -> None:
+    """Trained policies and demonstrations side by side (rich table on stdout)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="evaluation (mean per agent; episodes of the trained policies are greedy)")
+    for col in ["policy", "return", *metric_names, "env steps", "wall s"]:
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for row in rows:
+        table.add_row(
+            row["policy"], _fmt(row.get("return")),
+            *[_fmt(row.get(m)) for m in metric_names],
+            _fmt(row.get("env_steps")), _fmt(row.get("wall_s"), 1),
+        )
+    Console().print(table)
+
+
+def _summary_row(label: str, summary: dict, metric_names: list[str]) -> dict:
+    row = {"policy": label, "return": summary.get("final_return")}
+    row.update({m: summary.get(m) for m in metric_names})
+    row.update(env_steps=summary.get("env_steps"), wall_s=summary.get("wall_s"))
+    return row
+
+
+def _demo_row(demo_path: pathlib.Path, demos, metric_names: list[str]) -> dict:
+    import numpy as np
+
+    from leed_jax.dg.buffer import read_demo_meta
+
+    meta = read_demo_meta(demo_path)
+    source = meta.get("source", "demos")
+    label = f"demonstrations ({'LLM ' + str(meta.get('model')) if source == 'llm' else source})"
+    row = {"policy": label, "return": float(np.asarray(demos.agent_return).mean())}
+    found = meta.get("metrics") or {}
+    row.update({m: found.get(m, meta.get(m)) for m in metric_names})
+    return row
+
+
+def run(config: TrainConfig, resume_dir: pathlib.Path | None) -> int:
+    from leed_jax.envs.registry import make_env
+    from leed_jax.io.plots import plot_learning_curves
+    from leed_jax.io.rundir import RunDir
+    from leed_jax.po.trainer import load_demo_buffer, resolve_demos, train
+
+    env = make_env(config.scenario, num_agents=config.num_agents)
+    out = pathlib.Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _say(f"run directory: {out}")
+    demos = None
+    if config.algo in ("leed", "bc") or config.demos:
+        if not config.demos:
+            config = config.replace(demos=str(resolve_demos(config, env, out, _say)))
+        demos = load_demo_buffer(config.demos, env)
+    result = train(config, env=env, demos=demos, resume=resume_dir is not None, say=_say)
+    summaries = {config.algo: result.summary}
+    histories = {config.algo: result.history}
+    if config.compare and config.algo != "ippo":
+        sub = config.replace(algo="ippo", out=str(out / "compare-ippo"), compare=False)
+        sub_resume = resume_dir is not None and any((out / "compare-ippo" / "checkpoints").glob("[0-9]*"))
+        _say(f"training IPPO on the same budget for comparison -> {sub.out}")
+        ippo = train(sub, env=env, resume=sub_resume, say=_say)
+        summaries["ippo"] = ippo.summary
+        histories["ippo"] = ippo.history
+
+    metric_names = list(result.summary.get("metric_names", []))
+    rows = [_summary_row(f"{algo} (trained)", s, metric_names) for algo, s in summaries.items()]
+    references = {}
+    if demos is not None:
+        demo_row = _demo_row(pathlib.Path(config.demos), demos, metric_names)
+        rows.append(demo_row)
+        references["demonstrations"] = {
+            "return": demo_row["return"], "mean_travel_time": demo_row.get("mean_travel_time")
+        }
+    if len(histories) > 1 or references:
+        plot_learning_curves(histories, RunDir(out).plot_path, title=f"{env.name}, N={env.spec.num_agents}",
+                             references=references)
+    print_table(rows, metric_names)
+    _say(f"results in {out} (summary.json, metrics.jsonl, learning_curve.png)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from leed_jax.envs.base import ScenarioError
+    from leed_jax.po.trainer import DemoMismatchError, TrainingError
+
+    bad_input = (UsageError, ConfigError, ScenarioError, DemoMismatchError, FileNotFoundError)
+    from leed_jax.dg.errors import DGError
+
+    # DGError covers demo buffers that are missing or do not fit, and LLM provider failures.
+    bad_input += (DGError,)
+    out = "DIR"
+    try:
+        config, resume_dir = resolve_config(argv)
+        out = config.out or out
+        return run(config, resume_dir)
+    except bad_input as err:
+        if os.environ.get("LEED_DEBUG"):
+            raise
+        _say(f"{PROG}: error: {err}")
+        return 2
+    except TrainingError as err:
+        _say(f"{PROG}: {err}")
+        return 1
+    except KeyboardInterrupt:
+        _say(f"{PROG}: interrupted; continue with --resume {out}")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
