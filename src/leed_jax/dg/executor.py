@@ -1,0 +1,175 @@
+"""The expert executor: follows each agent's validated plan in the env and records it.
+
+A scripted controller, vectorised over the agent axis and run as one ``jax.lax.scan`` over
+the episode inside ``jax.jit``. It records exactly what the agents' own rollouts record
+(:class:`leed_jax.types.Transition`, axes ``[T, N, ...]``), so demonstrations and online data
+share one format.
+
+Plans arrive as padded target arrays ``[N, L]`` (each row padded with its last target); each
+agent keeps a pointer into its row:
+
+* traffic — the row is the full node path after the origin (consecutive nodes adjacent). The
+  pointer moves on when the vehicle stands at its current target; the action is
+  ``env.slot_towards(state, target)``.
+* MPE — the row is a landmark sequence. The pointer moves on when the agent is within
+  ``MPE_REACHED`` of its landmark (the last one is held). The action is the discrete force
+  (0 none, 1 −x, 2 +x, 3 −y, 4 +y; jaxmarl's ``_decode_discrete_action``) whose predicted
+  *stopping point* — where the agent would coast to after this step under MPE's damping — lies
+  closest to the landmark, which brakes in time instead of overshooting.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from leed_jax.types import Transition
+
+MPE_REACHED = 0.05  # distance at which an MPE agent moves on to its next landmark
+_TRAFFIC_AT_NODE = 1  # leed_jax.envs.traffic.AT_NODE
+_TRAFFIC_ARRIVED = 3
+
+
+class ExpertRollout(NamedTuple):
+    """One executed episode."""
+
+    transitions: Transition  # [T, N, ...]
+    returns: jax.Array  # [N] sum of each agent's rewards until it was done
+    metrics: dict  # env's info["metrics"] at the last step, scalars
+    extras: dict  # family-specific outcome, see _traffic_extras / _mpe_extras
+
+
+Policy = Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+
+
+def _traffic_policy(env) -> Policy:
+    def policy(state, targets, ptr):
+        rows = jnp.arange(targets.shape[0])
+        here = (state.status == _TRAFFIC_AT_NODE) & (state.node == targets[rows, ptr])
+        ptr = jnp.minimum(ptr + here.astype(ptr.dtype), targets.shape[1] - 1)
+        return env.slot_towards(state, targets[rows, ptr]), ptr
+
+    return policy
+
+
+def _mpe_dynamics(env) -> tuple[int, float, float, jax.Array]:
+    je = env.jaxmarl_env
+    n = int(je.num_agents)
+    gain = jnp.asarray(np.asarray(je.accel)[:n] / np.asarray(je.mass)[:n] * je.dt, jnp.float32)
+    return n, float(je.dt), float(je.damping), gain
+
+
+# Force direction of each discrete MPE action.
+_MPE_DIRECTIONS = jnp.array([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1]], jnp.float32)  # [5, 2]
+
+
+def _mpe_policy(env) -> Policy:
+    n, dt, damping, gain = _mpe_dynamics(env)
+
+    def policy(state, targets, ptr):
+        es = state.env_state
+        pos, vel = es.p_pos[:n], es.p_vel[:n]  # [N, 2]
+        landmarks = es.p_pos[n:]  # [L, 2]
+        rows = jnp.arange(n)
+        near = jnp.linalg.norm(pos - landmarks[targets[rows, ptr]], axis=-1) < MPE_REACHED
+        ptr = jnp.minimum(ptr + near.astype(ptr.dtype), targets.shape[1] - 1)
+        goal = landmarks[targets[rows, ptr]]  # [N, 2]
+        # MPE integrates p += v·dt, then v = v·(1 − damping) + u·gain; coasting afterwards
+        # adds v·dt/damping. Pick the force whose stopping point is closest to the goal.
+        v_next = vel[:, None, :] * (1 - damping) + _MPE_DIRECTIONS[None] * gain[:, None, None]
+        stop = (pos + vel * dt)[:, None, :] + v_next * (dt / damping)  # [N, 5, 2]
+        cost = jnp.linalg.norm(stop - goal[:, None, :], axis=-1)  # [N, 5]
+        return jnp.argmin(cost, axis=-1).astype(jnp.int32), ptr
+
+    return policy
+
+
+def _traffic_extras(env, state, peak_counts):
+    return {
+        "travel_time": state.travel_time,  # [N] s
+        "arrived": state.status == _TRAFFIC_ARRIVED,  # [N]
+        "peak_link_counts": peak_counts,  # [E] most vehicles on each link at once
+    }
+
+
+def _mpe_extras(env, state, targets, ptr):
+    n = int(env.jaxmarl_env.num_agents)
+    pos = state.env_state.p_pos
+    goal = pos[n:][targets[jnp.arange(n), ptr]]
+    return {
+        "agent_pos": pos[:n],  # [N, 2]
+        "landmark_pos": pos[n:],  # [L, 2]
+        "distance": jnp.linalg.norm(pos[:n] - goal, axis=-1),  # [N] to its final landmark
+    }
+
+
+def _build(env):
+    family = env.family
+    if family == "traffic":
+        policy = _traffic_policy(env)
+    elif family == "mpe":
+        policy = _mpe_policy(env)
+    else:
+        from leed_jax.dg.errors import DGError
+
+        raise DGError(f"the DG stage has no executor for env family {family!r} (traffic, mpe)")
+    horizon = env.spec.horizon
+
+    def run(key, obs, state, targets):
+        """``targets [N, L] int32`` → :class:`ExpertRollout` of one episode from ``state``."""
+        n = targets.shape[0]
+        ptr0 = jnp.zeros(n, jnp.int32)
+        e = env.spec.global_state_dim - 2 if family == "traffic" else 1
+        peak0 = jnp.zeros(e, jnp.float32)
+
+        def body(carry, key_t):
+            state, obs, ptr, done_before, peak = carry
+            avail = env.avail_actions(state)  # [N, A]
+            action, ptr = policy(state, targets, ptr)
+            obs2, state2, reward, done, info = env.step(key_t, state, action)
+            if family == "traffic":
+                peak = jnp.maximum(peak, info["link_counts"])
+            live = ~done_before
+            tr = Transition(obs, action, avail, reward * live, done, info["decision"] & live)
+            return (state2, obs2, ptr, done_before | done, peak), (tr, info["metrics"])
+
+        keys = jax.random.split(key, horizon)
+        carry0 = (state, obs, ptr0, jnp.zeros(n, bool), peak0)
+        (state_f, _, ptr_f, _, peak), (traj, metrics) = jax.lax.scan(body, carry0, keys)
+        last = jax.tree_util.tree_map(lambda m: m[-1], metrics)
+        if family == "traffic":
+            extras = _traffic_extras(env, state_f, peak)
+        else:
+            extras = _mpe_extras(env, state_f, targets, ptr_f)
+        return ExpertRollout(traj, traj.reward.sum(0), last, extras)
+
+    return jax.jit(run)
+
+
+_EXECUTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def executor_for(env) -> Callable[..., ExpertRollout]:
+    """The jitted executor of ``env`` (built once per env object, then reused):
+    ``run(key, obs [N, D], state, targets [N, L]) -> ExpertRollout``."""
+    fn = _EXECUTORS.get(env)
+    if fn is None:
+        fn = _EXECUTORS[env] = _build(env)
+    return fn
+
+
+def pad_targets(seqs: list[list[int]], multiple: int = 16) -> np.ndarray:
+    """Ragged per-agent target lists → ``[N, L] int32``, each row padded with its last entry;
+    ``L`` is rounded up to ``multiple`` so that reruns rarely recompile."""
+    width = max(1, max(len(s) for s in seqs))
+    width = -(-width // multiple) * multiple
+    out = np.empty((len(seqs), width), np.int32)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = s
+        out[i, len(s):] = s[-1]
+    return out

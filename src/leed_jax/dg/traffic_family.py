@@ -1,0 +1,124 @@
+"""DG stage for the traffic routing env: prompts, planner, validation and feedback."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+
+from leed_jax.dg.executor import ExpertRollout, pad_targets
+from leed_jax.dg.graph import RouteGraph
+from leed_jax.dg.planner import routes_to_text, traffic_routes
+from leed_jax.dg.prompts import PromptSet
+from leed_jax.dg.report import DGReport
+from leed_jax.dg.validate import Request, collect_targets, traffic_paths
+
+TOP_CONGESTED = 10
+MAX_PROBLEMS = 30
+
+
+class TrafficDG:
+    target_kind = "Intersection"
+
+    def __init__(self, env, prompts: PromptSet, state=None):
+        self.env = env
+        self.prompts = prompts
+        self.graph = RouteGraph.from_network(env.network)
+        self.origin = np.asarray(env.demand.origin)
+        self.destination = np.asarray(env.demand.destination)
+        self.departure = np.asarray(env.demand.departure)
+        self.num_agents = int(self.origin.shape[0])
+
+    # ---------------------------------------------------------------- planner
+    @cached_property
+    def planner_paths(self) -> list[list[int]]:
+        p = self.env.params
+        return traffic_routes(self.graph, self.origin, self.destination, self.departure,
+                              dt=p.dt, alpha=p.alpha, beta=p.beta)
+
+    def planner_text(self) -> str:
+        return routes_to_text(self.planner_paths)
+
+    # ---------------------------------------------------------------- prompts
+    @cached_property
+    def _adjacency(self) -> str:
+        g = self.graph
+        lines = []
+        for u in range(g.num_nodes):
+            outs = []
+            for v in g.successors[u]:
+                e = g.link_index(u, v)
+                outs.append(f"Intersection_{v} ({g.link_length[e]:.0f} m, "
+                            f"{g.link_tfree[e]:.0f} s, {g.link_capacity[e]:.0f})")
+            lines.append(f"Intersection_{u} -> " + ("; ".join(outs) if outs else "(none)"))
+        return "\n".join(lines)
+
+    def _fields(self) -> dict:
+        p = self.env.params
+        return {"alpha": f"{p.alpha:g}", "beta": f"{p.beta:g}", "dt": f"{p.dt:g}",
+                "horizon": p.horizon, "num_nodes": self.graph.num_nodes,
+                "num_links": self.graph.num_links, "num_vehicles": self.num_agents}
+
+    def messages(self, agents: list[int]) -> list[dict]:
+        vehicles = "\n".join(
+            f"Agent_{i}: from Intersection_{self.origin[i]} to Intersection_"
+            f"{self.destination[i]}, departs at step {self.departure[i]}" for i in agents)
+        fields = self._fields() | {"adjacency": self._adjacency, "vehicles": vehicles,
+                                   "num_requested": len(agents)}
+        return [{"role": "system", "content": self.prompts.render("system", **fields)},
+                {"role": "user", "content": self.prompts.render("user", **fields)}]
+
+    def feedback(self, agents, rollout: ExpertRollout, report: DGReport, request: int,
+                 round_: int) -> str:
+        tt = np.asarray(rollout.extras["travel_time"])
+        arrived = np.asarray(rollout.extras["arrived"])
+        free = self.graph.tt[self.origin, self.destination]
+        vehicles = "\n".join(
+            f"Agent_{i}: {tt[i]:.0f} s (fastest {free[i]:.0f} s)"
+            + ("" if arrived[i] else ", did NOT arrive") for i in agents)
+        peak = np.asarray(rollout.extras["peak_link_counts"])
+        ratio = peak / np.maximum(self.graph.link_capacity, 1e-9)
+        top = [e for e in np.argsort(-ratio, kind="stable")[:TOP_CONGESTED] if peak[e] > 0]
+        congested = "\n".join(
+            f"Intersection_{self.graph.link_src[e]} -> Intersection_{self.graph.link_dst[e]}: "
+            f"{peak[e]:.0f} / {self.graph.link_capacity[e]:.0f}" for e in top) or "(none)"
+        wanted = set(agents)
+        problems = [f"{('line ' + str(i.line) + ': ') if i.line else ''}{i.message}"
+                    for i in report.issues
+                    if i.request == request or (i.request < 0 and i.agent in wanted)]
+        if len(problems) > MAX_PROBLEMS:
+            problems = problems[:MAX_PROBLEMS] + [f"... and {len(problems) - MAX_PROBLEMS} more"]
+        m = rollout.metrics
+        return self.prompts.render(
+            "feedback", **self._fields(), round=round_,
+            mean_travel_time=f"{float(m['mean_travel_time']):.0f}",
+            arrival_rate=f"{float(m['arrival_rate']):.0%}", vehicles=vehicles,
+            congested_links=congested, problems="\n".join(problems) or "(none)")
+
+    # ---------------------------------------------------------------- validation
+    def validate(self, requests: list[Request], source: str, report: DGReport):
+        steps = collect_targets(requests, target_kind=self.target_kind,
+                                num_agents=self.num_agents, num_targets=self.graph.num_nodes,
+                                report=report)
+        requested = np.zeros(self.num_agents, bool)
+        for r in requests:
+            requested[np.asarray(r.agents, dtype=np.int64)] = True
+        return traffic_paths(self.graph, self.origin, self.destination, steps,
+                             self.planner_paths, report, source=source, requested=requested)
+
+    def targets(self, plans):
+        return pad_targets([p[1:] if len(p) > 1 else p for p in plans])
+
+    def plan_text(self, plans) -> str:
+        return routes_to_text(plans)
+
+    # ---------------------------------------------------------------- outcome
+    def scores(self, rollout: ExpertRollout) -> np.ndarray:
+        return np.asarray(rollout.returns)
+
+    def metrics(self, rollout: ExpertRollout) -> dict[str, float]:
+        out = {k: float(v) for k, v in rollout.metrics.items()}
+        out["mean_return"] = float(np.mean(np.asarray(rollout.returns)))
+        return out
+
+
