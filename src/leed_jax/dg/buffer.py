@@ -15,7 +15,8 @@ File format (schema version 1) — a directory::
                        (num_agents, obs_dim, num_actions, horizon), source ("planner" | "llm")
                        and source_label, model, api_base (no credentials), template_hashes
                        ({"traffic/user.md": sha256, ...}), rounds, seed, episodes,
-                       per-round expert metrics, per_agent_returns, dg_report (summary),
+                       round_metrics and round_dg_reports (per round), metrics (the
+                       expert's final metrics), per_agent_returns, dg_report (summary),
                        llm (request / cache counters), created, leed_jax_version
       dg_report.json   the full DG report of the final plan (leed_jax.dg.report)
       plan.txt         the final instruction text that was executed
@@ -107,12 +108,9 @@ def save_demos(path: str | Path, buffer: DemoBuffer, meta: dict[str, Any],
     out = _dir(path)
     out.mkdir(parents=True, exist_ok=True)
     arrays = {k: np.asarray(v) for k, v in buffer._asdict().items()}
-    n, m, d = arrays["obs"].shape
     meta = dict(meta)
     meta["schema_version"] = SCHEMA_VERSION
-    meta["arrays"] = {"num_agents": n, "max_decisions": m, "obs_dim": d,
-                      "num_actions": int(arrays["avail"].shape[-1]),
-                      "decisions": int(arrays["valid"].sum())}
+    meta["arrays"] = array_summary(buffer)
     tmp = out / (ARRAYS_FILE + ".tmp.npz")
     np.savez(tmp, **arrays)
     tmp.replace(out / ARRAYS_FILE)
@@ -122,6 +120,13 @@ def save_demos(path: str | Path, buffer: DemoBuffer, meta: dict[str, Any],
     if plan_text is not None:
         (out / PLAN_FILE).write_text(plan_text)
     return out
+
+
+def array_summary(buffer: DemoBuffer) -> dict:
+    n, m, d = np.shape(buffer.obs)
+    return {"num_agents": int(n), "max_decisions": int(m), "obs_dim": int(d),
+            "num_actions": int(np.shape(buffer.avail)[-1]),
+            "decisions": int(np.asarray(buffer.valid).sum())}
 
 
 def _json_default(o):

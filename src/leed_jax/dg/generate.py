@@ -28,13 +28,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from leed_jax.dg.buffer import DemoBuffer, from_transitions, save_demos
+from leed_jax.dg.buffer import DemoBuffer, array_summary, from_transitions, save_demos
 from leed_jax.dg.cache import default_cache_dir
 from leed_jax.dg.errors import DGError
 from leed_jax.dg.executor import ExpertRollout, executor_for
 from leed_jax.dg.family import DGFamily, family_for
 from leed_jax.dg.instructions import ParsedReply, ParseIssue, parse_instructions
-from leed_jax.dg.llm import LLMClient, LLMConfig, safe_api_base
+from leed_jax.dg.llm import MAX_STORED_CHARS, LLMClient, LLMConfig, safe_api_base
 from leed_jax.dg.prompts import load_prompts
 from leed_jax.dg.report import DGReport, summarize
 from leed_jax.dg.validate import Request
@@ -44,6 +44,10 @@ log = logging.getLogger("leed_jax.dg")
 PLANNER_LABELS = {
     "traffic": "planner (classical expert: congestion-aware incremental shortest paths; no LLM)",
     "mpe": "planner (classical expert: optimal agent-landmark assignment; no LLM)",
+}
+_FINISH_NOTES = {
+    "length": "reply cut off by the token limit (finish_reason=length)",
+    "oversized": f"reply of more than {MAX_STORED_CHARS:,} characters cut",
 }
 # The previous answer is sent back in refinement rounds up to this many characters.
 MAX_ECHOED_REPLY = 20_000
@@ -190,7 +194,8 @@ def run_dg(cfg: DemoConfig, env=None) -> DGResult:
         obs, state = env.reset(k_reset)
         episodes.append(_Episode(obs, state, k_run, family_for(env, prompts, obs, state)))
 
-    round_metrics: list[dict] = []
+    round_metrics: list[dict] = []  # the expert's metrics after each round
+    round_reports: list[dict] = []  # the DG report summary of each round
     llm_stats: dict = {}
     t_plan = time.perf_counter()
     if source == "planner":
@@ -202,6 +207,7 @@ def run_dg(cfg: DemoConfig, env=None) -> DGResult:
             ep.rollout = _execute(run, ep, plans)
             ep.best_plans, ep.best_report = plans, report
         round_metrics.append(_mean_metrics([ep.fam.metrics(ep.rollout) for ep in episodes]))
+        round_reports.append(summarize([ep.best_report for ep in episodes]))
         _log_round(1, 1, round_metrics[-1], [ep.best_report for ep in episodes])
     else:
         rounds_run = cfg.rounds
@@ -235,10 +241,10 @@ def run_dg(cfg: DemoConfig, env=None) -> DGResult:
                         if e2 != e:
                             continue
                         parsed = parse_instructions(rep.text)
-                        if rep.finish_reason == "length":
-                            parsed = ParsedReply(parsed.instructions, parsed.issues + (
-                                ParseIssue(0, "reply cut off by the token limit "
-                                              "(finish_reason=length)"),))
+                        note = _FINISH_NOTES.get(rep.finish_reason or "")
+                        if note:
+                            parsed = ParsedReply(parsed.instructions,
+                                                 parsed.issues + (ParseIssue(0, note),))
                         requests.append(Request(c, chunks[c], parsed))
                     ep.last_replies = [rep.text for (e2, _), rep in zip(where, replies)
                                        if e2 == e]
@@ -252,6 +258,7 @@ def run_dg(cfg: DemoConfig, env=None) -> DGResult:
                         ep.feedback = [ep.fam.feedback(agents, ep.rollout, report, c, r)
                                        for c, agents in enumerate(chunks)]
                 round_metrics.append(_mean_metrics(rows))
+                round_reports.append(summarize(reports))
                 _log_round(r, cfg.rounds, round_metrics[-1], reports)
         if cfg.rounds > 1:  # execute the combined best plans once more, for the buffer
             for ep in episodes:
@@ -282,7 +289,8 @@ def run_dg(cfg: DemoConfig, env=None) -> DGResult:
         "seed": cfg.seed,
         "agents_per_request": cfg.agents_per_request if source == "llm" else None,
         "round_metrics": round_metrics,
-        "expert_metrics": final,
+        "round_dg_reports": round_reports,
+        "metrics": final,  # the expert's metrics of the executed (final) plan
         "per_agent_returns": np.asarray(buffer.agent_return).tolist(),
         "dg_report": summary,
         "llm": llm_stats,
@@ -296,6 +304,7 @@ def run_dg(cfg: DemoConfig, env=None) -> DGResult:
     plan_text = "".join(
         (f"# episode {e}\n" if len(episodes) > 1 else "") + ep.fam.plan_text(ep.best_plans)
         for e, ep in enumerate(episodes))
+    meta["arrays"] = array_summary(buffer)
     path = save_demos(cfg.out, buffer, meta, report=report_doc, plan_text=plan_text)
     meta["timing_s"]["total"] = round(time.perf_counter() - t0, 3)
     return DGResult(path, buffer, meta, reports)

@@ -134,9 +134,16 @@ def _status(exc: BaseException) -> int | None:
         return None
 
 
+def _credentials_missing(exc: BaseException) -> bool:
+    text = str(exc)[:2000].lower()
+    return "missing credentials" in text or "api_key client option must be set" in text
+
+
 def _retryable(exc: BaseException) -> bool:
     import litellm
 
+    if _credentials_missing(exc):
+        return False
     if isinstance(exc, (litellm.Timeout, litellm.APIConnectionError, TimeoutError,
                         ConnectionError)):
         return True
@@ -157,7 +164,7 @@ def _advice(exc: BaseException, cfg: LLMConfig, attempts: int) -> str:
             "Connection" in type(exc).__name__ + str(exc)[:200]:
         what = (f"could not be reached after {attempts} attempt(s): check --api-base and "
                 f"that the server is running")
-    elif code == 401:
+    elif code == 401 or _credentials_missing(exc):
         what = ("refused the request (401 unauthorized): check the API key in the "
                 "provider's environment variable (e.g. OPENAI_API_KEY) or LEED_LLM_API_KEY")
     elif code == 403:
@@ -235,7 +242,10 @@ class LLMClient:
             if usage is not None:
                 self.stats.prompt_tokens += int(getattr(usage, "prompt_tokens", 0) or 0)
                 self.stats.completion_tokens += int(getattr(usage, "completion_tokens", 0) or 0)
-        return LLMReply(text[:MAX_STORED_CHARS], getattr(choice, "finish_reason", None), False)
+        finish = getattr(choice, "finish_reason", None)
+        if len(text) > MAX_STORED_CHARS:  # a runaway reply: keep the head, say so
+            text, finish = text[:MAX_STORED_CHARS], "oversized"
+        return LLMReply(text, finish, False)
 
     # -- many requests -----------------------------------------------------------------------
     def complete(

@@ -98,6 +98,17 @@ def _parse_kind(reason: str) -> str:
     return {"no instruction found": "no instruction"}.get(reason, reason)
 
 
+def _no_plan(report: DGReport, agent: int, requested: np.ndarray | None) -> str:
+    """Record why an agent has no usable instruction; returns the fallback reason."""
+    if report.dropped[agent]:
+        report.add(Issue("unusable plan", f"Agent_{agent}: every instruction was dropped",
+                         agent=agent))
+        return "unusable"
+    if requested is None or requested[agent]:
+        report.add(Issue("missing agent", f"no instruction for Agent_{agent}", agent=agent))
+    return "missing"
+
+
 def _settle(report: DGReport, agent: int, source: str, used_model: bool, reason: str = ""):
     if source == "planner":
         report.plan_origin[agent] = PLANNER
@@ -132,10 +143,7 @@ def traffic_paths(
         o, d = int(origin[i]), int(destination[i])
         steps = targets[i]
         if not steps:
-            reason = "missing"
-            if requested is None or requested[i]:
-                report.add(Issue("missing agent", f"no instruction for Agent_{i}", agent=i))
-            _settle(report, i, source, False, reason)
+            _settle(report, i, source, False, _no_plan(report, i, requested))
             paths.append(list(fallback[i]))
             continue
         path = [o]
@@ -206,9 +214,7 @@ def mpe_targets(
             if not seq or seq[-1] != s.target:
                 seq.append(s.target)
         if not seq:
-            if requested is None or requested[i]:
-                report.add(Issue("missing agent", f"no instruction for Agent_{i}", agent=i))
-            _settle(report, i, source, False, "missing")
+            _settle(report, i, source, False, _no_plan(report, i, requested))
             out.append(list(fallback[i]))
         else:
             _settle(report, i, source, True)

@@ -1,0 +1,158 @@
+"""``python -m leed_jax.demos``: generate expert demonstrations (the DG stage).
+
+    python -m leed_jax.demos --scenario traffic-grid --source planner --out demos/grid
+    python -m leed_jax.demos --scenario traffic-grid --source llm --model openai/gpt-4o-mini \\
+        --rounds 2 --out demos/grid-llm
+    python -m leed_jax.demos --scenario mpe-spread --source llm --model ollama_chat/llama3.1 \\
+        --api-base http://127.0.0.1:11434 --out demos/spread
+    python -m leed_jax.demos --scenario traffic-grid --check demos/grid   # does it fit?
+
+Exit status: 0 done; 2 bad input (unknown scenario or override, a buffer that does not fit,
+bad option); 1 the LLM provider failed after retries (finished replies stay cached);
+130 interrupted. Errors are one line on stderr, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m leed_jax.demos",
+        description="LEED demonstration generation: plans from an LLM or the built-in "
+        "planner, executed in the env and saved as a demo buffer.",
+    )
+    p.add_argument("--scenario", required=True, help="bundled scenario name or TOML path")
+    p.add_argument("--source", choices=("auto", "planner", "llm"), default="auto",
+                   help="auto: the LLM if a model is set (--model or LEED_LLM_MODEL), "
+                        "else the planner")
+    p.add_argument("--model", help="litellm model name, e.g. openai/gpt-4o-mini "
+                                   "(default: $LEED_LLM_MODEL)")
+    p.add_argument("--api-base", help="base URL of a local OpenAI-compatible server "
+                                      "(Ollama, vLLM, llama.cpp)")
+    p.add_argument("--rounds", type=int, default=1, help="refinement rounds (LLM)")
+    p.add_argument("--out", type=Path, help="buffer directory to write")
+    p.add_argument("--check", type=Path, metavar="BUFFER",
+                   help="only check that an existing buffer fits the scenario")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--agents", type=int, help="override the number of agents (num_agents)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="scenario override, repeatable (e.g. --set horizon=80)")
+    p.add_argument("--episodes", type=int, default=1,
+                   help="episodes to plan and record (MPE: a new start each)")
+    p.add_argument("--agents-per-request", type=int, default=20,
+                   help="agents per LLM prompt (chunks keep large N within the context)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per LLM request")
+    p.add_argument("--max-retries", type=int, default=4)
+    p.add_argument("--concurrency", type=int, default=4, help="LLM requests in flight")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--max-tokens", type=int, default=8192)
+    p.add_argument("--cache-dir", type=Path,
+                   help="LLM reply cache (default $LEED_LLM_CACHE or ~/.cache/leed_jax/llm)")
+    p.add_argument("--prompts-dir", type=Path, help="prompt templates (default prompts/)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no per-round log lines")
+    return p
+
+
+def _overrides(args) -> dict:
+    out = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    if args.agents is not None:
+        out["num_agents"] = args.agents
+    return out
+
+
+def summary_lines(meta: dict, path: Path) -> list[str]:
+    s, m = meta["dg_report"], meta["metrics"]
+    n, plans = s["agents"], s["plans"]
+    lines = [f"DG summary: {meta['scenario']['name']} ({n} agents"
+             + (f", {meta['episodes']} episodes" if meta["episodes"] > 1 else "") + ")",
+             f"  source: {meta['source_label']}"]
+    if meta["source"] == "llm":
+        reasons = ", ".join(f"{k} {v}" for k, v in s["fallback_reasons"].items())
+        lines += [
+            f"  agents covered by the model: {s['covered_by_model']} / {plans}",
+            (f"  repaired: {s['repaired']} ({s['instructions_dropped']} instructions dropped, "
+             f"{s['gaps_filled']} gaps filled, {s['plans_completed']} plans completed)"),
+            f"  fell back to the planner: {s['fell_back_to_planner']}"
+            + (f" ({reasons})" if reasons else ""),
+        ]
+        llm = meta.get("llm") or {}
+        lines.append(f"  LLM: {llm.get('calls', 0)} calls, {llm.get('cache_hits', 0)} cache "
+                     f"hits, {llm.get('retries', 0)} retries, rounds {meta['rounds']}")
+    else:
+        lines.append(f"  agents planned by the planner: {s['planner_by_design']} / {plans} "
+                     f"(no LLM; covered by a model: 0)")
+    if "mean_travel_time" in m:
+        lines.append(f"  expert: mean travel time {m['mean_travel_time']:.1f} s, arrival "
+                     f"rate {m['arrival_rate']:.1%}, mean return {m['mean_return']:.3f}")
+    else:
+        lines.append(f"  expert: mean return {m['mean_return']:.3f} (team "
+                     f"{m.get('team_return', float('nan')):.3f})")
+    arrays = meta.get("arrays", {})
+    lines.append(f"  buffer: {path} ({arrays.get('decisions', 0):,} decisions), "
+                 f"{meta['timing_s']['total']:.1f} s")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    from leed_jax.dg.errors import DGError, LLMError
+    from leed_jax.envs.base import ScenarioError
+
+    if not args.quiet:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        lg = logging.getLogger("leed_jax.dg")
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+    try:
+        overrides = _overrides(args)
+        if args.check is not None:
+            from leed_jax.dg.buffer import load_demos
+            from leed_jax.envs.registry import make_env
+
+            buf = load_demos(args.check, make_env(args.scenario, **overrides))
+            print(f"{args.check} fits {args.scenario}: {buf.num_agents} agents, "
+                  f"{int(buf.counts().sum()):,} decisions")
+            return 0
+        if args.out is None:
+            parser.error("--out is required (or --check BUFFER)")
+        from leed_jax.dg.generate import DemoConfig, run_dg
+
+        cfg = DemoConfig(
+            scenario=args.scenario, out=args.out, source=args.source, model=args.model,
+            api_base=args.api_base, rounds=args.rounds, seed=args.seed,
+            episodes=args.episodes, overrides=overrides,
+            agents_per_request=args.agents_per_request, timeout=args.timeout,
+            max_retries=args.max_retries, concurrency=args.concurrency,
+            temperature=args.temperature, max_tokens=args.max_tokens,
+            cache_dir=args.cache_dir, prompts_dir=args.prompts_dir,
+            progress=not args.no_progress)
+        result = run_dg(cfg)
+    except LLMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (ScenarioError, DGError, ValueError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished LLM replies are cached; rerun the same command to "
+              "resume", file=sys.stderr)
+        return 130
+    print("\n".join(summary_lines(result.meta, result.path)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
