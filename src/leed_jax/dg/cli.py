@@ -90,7 +90,8 @@ def summary_lines(meta: dict, path: Path) -> list[str]:
         lines.append(f"  LLM: {llm.get('calls', 0)} calls, {llm.get('cache_hits', 0)} cache "
                      f"hits, {llm.get('retries', 0)} retries, rounds {meta['rounds']}")
     else:
-        lines.append(f"  agents planned by the planner: {s['planner_by_design']} / {plans} "
+        what = "agents" if plans == n else "agent-episode plans"
+        lines.append(f"  {what} planned by the planner: {s['planner_by_design']} / {plans} "
                      f"(no LLM; covered by a model: 0)")
     if "mean_travel_time" in m:
         lines.append(f"  expert: mean travel time {m['mean_travel_time']:.1f} s, arrival "

@@ -276,6 +276,8 @@ class LLMClient:
             try:
                 for fut in concurrent.futures.as_completed(futures):
                     i = futures[fut]
+                    if fut.cancelled():
+                        continue
                     try:
                         reply = fut.result()
                     except LLMError as e:
