@@ -102,6 +102,13 @@ class TrainConfig:
     compare: bool = _f(False, "also train IPPO on the same budget and compare")
     progress: bool = _f(True, "show a progress bar")
 
+    def __post_init__(self):
+        # Lists (from JSON or TOML) are accepted where a tuple is expected.
+        for name in ("actor_hidden", "critic_hidden"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+
     # -- derived sizes --------------------------------------------------------------------
     @property
     def batch_steps(self) -> int:

@@ -30,4 +30,4 @@ def make_optimizer(
 
 def per_agent_norm(tree: Any) -> jax.Array:
     """Global norm of each agent's slice of a per-agent pytree -> ``[N]``."""
-    return jax.vmap(optax.global_norm)(tree)
+    return jax.vmap(optax.tree.norm)(tree)

@@ -211,7 +211,7 @@ class Trainer:
             updates, opt_state = self.optimizer.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             gnorm = (
-                optax.global_norm(grads) if self.policy.share else per_agent_norm(grads).mean()
+                optax.tree.norm(grads) if self.policy.share else per_agent_norm(grads).mean()
             )
             stats = {"loss": loss, "expert_loss": ex.mean(), "grad_norm": gnorm}
             stats.update({k: v.mean() for k, v in terms._asdict().items()})
@@ -259,6 +259,15 @@ class Trainer:
             )
 
         return jax.lax.scan(body, state, None, length=self.config.chunk_updates)
+
+    # ------------------------------------------------------------------ seed-batched, jitted
+    def seeds_init(self):
+        """``jit(vmap(init))``: keys ``[K, 2]`` -> a state with a leading seed axis."""
+        return jax.jit(jax.vmap(self.init))
+
+    def seeds_chunk(self):
+        """``jit(vmap(chunk))`` over the seed axis of the state (donated: updated in place)."""
+        return jax.jit(jax.vmap(self.chunk, in_axes=(0, None)), donate_argnums=0)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, params: Params, key: jax.Array, num_envs: int, greedy: bool = True) -> dict:
@@ -475,7 +484,7 @@ def train(
     trainer = make_train(config, env, demos)
     demo_arrays = None if not trainer.use_expert else jax.tree_util.tree_map(jnp.asarray, demos)
 
-    state = jax.jit(jax.vmap(trainer.init))(seed_keys(config))
+    state = trainer.seeds_init()(seed_keys(config))
     checkpointer = Checkpointer(ckpt_dir)
     prior_wall = 0.0
     if resume:
@@ -487,8 +496,7 @@ def train(
         history = []
 
     t_compile = time.perf_counter()
-    chunk_fn = jax.jit(jax.vmap(trainer.chunk, in_axes=(0, None)), donate_argnums=0)
-    compiled = chunk_fn.lower(state, demo_arrays).compile()
+    compiled = trainer.seeds_chunk().lower(state, demo_arrays).compile()
     compile_s = time.perf_counter() - t_compile
 
     start_update = int(np.asarray(state.update)[0])
