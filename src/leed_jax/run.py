@@ -110,16 +110,20 @@ def print_table(rows: list[dict], metric_names: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="evaluation (mean per agent; episodes of the trained policies are greedy)")
+    table = Table(title="evaluation: mean per agent (trained policies act greedily)")
     for col in ["policy", "return", *metric_names, "env steps", "wall s"]:
-        table.add_column(col, justify="left" if col == "policy" else "right")
+        table.add_column(col.replace("_", " "), justify="left" if col == "policy" else "right",
+                         no_wrap=col == "policy")
     for row in rows:
         table.add_row(
             row["policy"], _fmt(row.get("return")),
             *[_fmt(row.get(m)) for m in metric_names],
             _fmt(row.get("env_steps")), _fmt(row.get("wall_s"), 1),
         )
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # a log file: no reason to squeeze the table into 80 columns
+        console = Console(width=160)
+    console.print(table)
 
 
 def _summary_row(label: str, summary: dict, metric_names: list[str]) -> dict:
@@ -150,13 +154,13 @@ def run(config: TrainConfig, resume_dir: pathlib.Path | None) -> int:
     from leed_jax.po.trainer import load_demo_buffer, resolve_demos, train
 
     env = make_env(config.scenario, num_agents=config.num_agents)
+    # A given buffer is checked before anything is written.
+    demos = load_demo_buffer(config.demos, env) if config.demos else None
     out = pathlib.Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     _say(f"run directory: {out}")
-    demos = None
-    if config.algo in ("leed", "bc") or config.demos:
-        if not config.demos:
-            config = config.replace(demos=str(resolve_demos(config, env, out, _say)))
+    if demos is None and config.algo in ("leed", "bc"):
+        config = config.replace(demos=str(resolve_demos(config, env, out, _say)))
         demos = load_demo_buffer(config.demos, env)
     result = train(config, env=env, demos=demos, resume=resume_dir is not None, say=_say)
     summaries = {config.algo: result.summary}
@@ -170,7 +174,7 @@ def run(config: TrainConfig, resume_dir: pathlib.Path | None) -> int:
         histories["ippo"] = ippo.history
 
     metric_names = list(result.summary.get("metric_names", []))
-    rows = [_summary_row(f"{algo} (trained)", s, metric_names) for algo, s in summaries.items()]
+    rows = [_summary_row(algo.upper(), s, metric_names) for algo, s in summaries.items()]
     references = {}
     if demos is not None:
         demo_row = _demo_row(pathlib.Path(config.demos), demos, metric_names)
