@@ -48,7 +48,7 @@ class TrainConfig:
     num_agents: int | None = _f(
         None, "override the scenario's number of agents", check=">0", flag="--agents"
     )
-    total_steps: int = _f(600_000, "env steps per seed (each step moves all agents)", check=">0")
+    total_steps: int = _f(300_000, "env steps per seed (each step moves all agents)", check=">0")
     num_envs: int = _f(16, "parallel envs per seed", check=">0")
     num_steps: int = _f(64, "rollout length per env per update", check=">0")
     seeds: int = _f(1, "independent runs, vmapped into one program", check=">0")

@@ -10,12 +10,27 @@ leaves only whole checkpoints behind.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import pathlib
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    """orbax logs a WARNING per save on a single host ("Skipping merge of OCDBT
+    checkpoints"), which would drown the run's own output."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class Checkpointer:
@@ -40,6 +55,10 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, meta: dict) -> None:
         leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(jax.device_get(state))]
+        with _quiet_absl():
+            self._save(step, leaves, meta)
+
+    def _save(self, step: int, leaves: list, meta: dict) -> None:
         self._manager.save(
             step,
             args=ocp.args.Composite(
