@@ -1,0 +1,213 @@
+"""Scaling sweeps: ``python -m leed_jax.sweep``.
+
+    python -m leed_jax.sweep --agents 10,100,1000 --algos leed,ippo --seeds 3 \
+        [--scenario traffic-grid] [--total-steps 200000] [--config base.toml] --out DIR
+
+Runs every (algo, N) cell of the grid with ``leed_jax.train`` (its seeds vmapped into one
+program), each in its own run directory ``DIR/cells/<algo>-n<N>``, and writes
+``DIR/results.csv``, ``DIR/results.json`` and ``DIR/scaling.png`` (final return, mean travel
+time and training throughput against N). Resumable: a cell whose ``summary.json`` says it
+finished is read back, never recomputed; a cell that was interrupted resumes from its last
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import pathlib
+import sys
+import time
+
+from leed_jax.config import ALGOS, ConfigError, TrainConfig, load_config
+
+RESULT_COLUMNS = [
+    "algo",
+    "num_agents",
+    "seeds",
+    "final_return",
+    "final_return_std",
+    "mean_travel_time",
+    "arrival_rate",
+    "env_steps",
+    "env_steps_per_s",
+    "agent_steps_per_s",
+    "compile_s",
+    "wall_s",
+    "devices",
+    "run_dir",
+]
+
+
+def cell_dir(out: pathlib.Path, algo: str, n: int) -> pathlib.Path:
+    return out / "cells" / f"{algo}-n{n}"
+
+
+def _finished(cell: pathlib.Path) -> dict | None:
+    path = cell / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return summary if summary.get("finished") else None
+
+
+def _has_checkpoint(cell: pathlib.Path) -> bool:
+    ckpt = cell / "checkpoints"
+    return ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())
+
+
+def result_row(algo: str, n: int, cell: pathlib.Path, summary: dict) -> dict:
+    seeds_ret = summary.get("final_return_seeds") or [summary["final_return"]]
+    mean = sum(seeds_ret) / len(seeds_ret)
+    std = math.sqrt(sum((x - mean) ** 2 for x in seeds_ret) / len(seeds_ret))
+    sps = summary.get("env_steps_per_s", float("nan"))
+    return {
+        "algo": algo,
+        "num_agents": summary.get("num_agents", n),
+        "seeds": summary.get("seeds", len(seeds_ret)),
+        "final_return": round(mean, 5),
+        "final_return_std": round(std, 5),
+        "mean_travel_time": summary.get("mean_travel_time", float("nan")),
+        "arrival_rate": summary.get("arrival_rate", float("nan")),
+        "env_steps": summary.get("env_steps"),
+        "env_steps_per_s": sps,
+        "agent_steps_per_s": round(sps * summary.get("num_agents", n), 1),
+        "compile_s": summary.get("compile_s"),
+        "wall_s": summary.get("wall_s"),
+        "devices": summary.get("devices", 1),
+        "run_dir": str(cell),
+    }
+
+
+def run_sweep(
+    base: TrainConfig,
+    agents: list[int],
+    algos: list[str],
+    out: str | pathlib.Path,
+    say=None,
+) -> list[dict]:
+    """Run (or read back) every cell; write the tables and the plot; return the rows."""
+    from leed_jax.po.trainer import train
+
+    say = say or (lambda m: print(m, file=sys.stderr))
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    total = len(agents) * len(algos)
+    for i, n in enumerate(agents):
+        for algo in algos:
+            cell = cell_dir(out, algo, n)
+            summary = _finished(cell)
+            tag = f"[{len(rows) + 1}/{total}] {algo} N={n}"
+            if summary is not None:
+                say(f"{tag}: finished earlier, read from {cell}")
+            else:
+                resume = _has_checkpoint(cell)
+                say(f"{tag}: {'resuming' if resume else 'training'} in {cell}")
+                t0 = time.perf_counter()
+                cfg = base.replace(algo=algo, num_agents=n, out=str(cell), compare=False)
+                summary = train(cfg, resume=resume, say=say).summary
+                say(f"{tag}: done in {time.perf_counter() - t0:.1f} s, return {summary['final_return']:.3f}")
+            rows.append(result_row(algo, n, cell, summary))
+            write_results(out, rows)
+    plot_scaling(rows, out / "scaling.png")
+    return rows
+
+
+def write_results(out: pathlib.Path, rows: list[dict]) -> None:
+    with (out / "results.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def plot_scaling(rows: list[dict], path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("final_return", "final return (per agent)"),
+        ("mean_travel_time", "mean travel time (s)"),
+        ("agent_steps_per_s", "training agent-steps/s"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, (key, label) in zip(axes, panels):
+        for algo in dict.fromkeys(r["algo"] for r in rows):
+            pts = sorted((r["num_agents"], r[key]) for r in rows if r["algo"] == algo)
+            xs = [p[0] for p in pts]
+            ys = [p[1] if p[1] is not None else float("nan") for p in pts]
+            ax.plot(xs, ys, marker="o", label=algo)
+        ax.set_xscale("log")
+        if key == "agent_steps_per_s":
+            ax.set_yscale("log")
+        ax.set_xlabel("number of agents N")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--{what} must be a comma-separated list of integers, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise ConfigError(f"--{what} needs positive integers, got {text!r}")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m leed_jax.sweep", description="Scaling sweep over N and algorithms.")
+    p.add_argument("--agents", default="10,100,1000", help="comma-separated numbers of agents")
+    p.add_argument("--algos", default="leed,ippo", help=f"comma-separated, from {', '.join(ALGOS)}")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per cell, vmapped into one program")
+    p.add_argument("--scenario", default=None, help="scenario name or TOML (default: the config's)")
+    p.add_argument("--total-steps", type=int, default=None, help="env steps per seed and cell")
+    p.add_argument("--num-envs", type=int, default=None, help="parallel envs per seed")
+    p.add_argument("--config", default=None, help="base TrainConfig TOML for every cell")
+    p.add_argument("--out", required=True, help="sweep directory (rerun to resume)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    from leed_jax.envs.base import ScenarioError
+
+    try:
+        base = load_config(args.config) if args.config else TrainConfig()
+        changes = {
+            "seeds": args.seeds,
+            "scenario": args.scenario,
+            "total_steps": args.total_steps,
+            "num_envs": args.num_envs,
+        }
+        base = base.replace(**{k: v for k, v in changes.items() if v is not None})
+        if args.no_progress:
+            base = base.replace(progress=False)
+        base.validate()
+        from leed_jax.envs.registry import load_scenario
+
+        load_scenario(base.scenario)  # an unknown scenario fails now, not at the first cell
+        agents = _int_list(args.agents, "agents")
+        algos = [a.strip() for a in args.algos.split(",") if a.strip()]
+        bad = [a for a in algos if a not in ALGOS]
+        if bad or not algos:
+            raise ConfigError(f"--algos: unknown {', '.join(bad) or 'none given'}; choose from {', '.join(ALGOS)}")
+        rows = run_sweep(base, agents, algos, args.out)
+    except (ConfigError, ScenarioError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
