@@ -81,11 +81,12 @@ def test_gradient_clipping_is_per_agent():
     params = trainer.policy.init(jax.random.PRNGKey(0))
     opt_state = trainer.optimizer.init(params)
     grads = jax.tree_util.tree_map(lambda x: jnp.full_like(x, 0.01), params)
-    upd, _ = trainer.optimizer.update(grads, opt_state, params)
+    update = jax.jit(trainer.optimizer.update)
+    upd, _ = update(grads, opt_state, params)
     # Agent 0's gradient explodes; with one global norm across agents it would shrink the
     # others' (clipped) gradients, and so their Adam steps.
     big = jax.tree_util.tree_map(lambda g: g.at[0].multiply(1e6), grads)
-    upd_big, state_big = trainer.optimizer.update(big, opt_state, params)
+    upd_big, state_big = update(big, opt_state, params)
     for i in (1, 2):
         assert _same(_agent(upd, i), _agent(upd_big, i))
     # and agent 0's own step is clipped to norm 0.5 before Adam: its first moment says so

@@ -2,9 +2,9 @@
 
 With no arguments it runs the default traffic scenario end to end: demonstrations (from the
 LLM when one is configured, from the built-in planner otherwise), LEED training, evaluation,
-and a table of the trained policy against its demonstrations (``--compare``: and against IPPO
-trained on the same budget). Every ``TrainConfig`` field is a flag (``--total-steps``,
-``--lr``, ...); ``--config FILE`` reads a TOML file first, flags override it.
+and a table of the trained policy against its demonstrations (--compare: and against IPPO
+trained on the same budget). Every TrainConfig field is a flag (--total-steps, --lr, ...);
+--config FILE reads a TOML file first, flags override it.
 
 Exit status: 0 done; 1 training stopped (NaN in the loss); 2 bad input (a flag, a config
 value, a scenario, a demo buffer that does not fit, nothing to resume).
@@ -23,6 +23,8 @@ from leed_jax.config import ConfigError, TrainConfig, _field_type, load_config
 PROG = "python -m leed_jax.run"
 # Flags of TrainConfig fields that `--resume` still accepts (they change no result).
 _RESUME_OK = {"progress"}
+_METAVARS = {"num_agents": "N", "demos": "PATH", "out": "DIR", "model": "NAME",
+             "scenario": "NAME", "algo": "NAME", "expert_schedule": "NAME"}
 
 
 class UsageError(Exception):
@@ -42,7 +44,8 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[1], allow_abbrev=False)
+    parts = __doc__.split("\n\n")
+    p = _Parser(prog=PROG, description=parts[1], epilog=parts[2], allow_abbrev=False)
     p.add_argument("--config", metavar="FILE", help="TOML config; flags override it")
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
     for f in dataclasses.fields(TrainConfig):
@@ -54,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         elif base is tuple:
             kw.update(type=_int_list, metavar="N,N")
         else:
-            kw.update(type=base, metavar=f.name.split("_")[-1].upper())
+            kw.update(type=base, metavar=_METAVARS.get(f.name, f.name.split("_")[-1].upper()))
         p.add_argument(flag, **kw)
     return p
 

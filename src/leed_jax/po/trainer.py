@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 from leed_jax.config import TrainConfig
+from leed_jax.dg.buffer import sample_demos
 from leed_jax.po.expert import expert_loss
 from leed_jax.po.gae import gae
 from leed_jax.po.networks import ActorCritic, Params, critic_input
@@ -202,11 +203,7 @@ class Trainer:
         def minibatch_step(carry, xs):
             params, opt_state = carry
             mb, key = xs
-            demo = None
-            if self.use_expert:
-                from leed_jax.dg.buffer import sample_demos
-
-                demo = sample_demos(key, demos, c.expert_batch_size)
+            demo = sample_demos(key, demos, c.expert_batch_size) if self.use_expert else None
             (loss, (terms, ex)), grads = grad(params, mb, demo, weight)
             updates, opt_state = self.optimizer.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
