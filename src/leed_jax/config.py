@@ -93,6 +93,13 @@ class TrainConfig:
         0.05, "adaptive: EMA rate of each agent's own episodic return", check="(0,1]"
     )
     expert_batch_size: int = _f(64, "demo samples per agent per minibatch", check=">0")
+    # -- devices --------------------------------------------------------------------------
+    mesh_data: int = _f(
+        1, "devices on the mesh's data axis, which splits the env batch (-1: all)", check="mesh"
+    )
+    mesh_agent: int = _f(
+        1, "devices on the mesh's agent axis, which splits per-agent parameters", check=">0"
+    )
     # -- run ------------------------------------------------------------------------------
     out: str | None = _f(None, "run directory (default runs/<scenario>-<algo>-<timestamp>)")
     log_every: int = _f(0, "updates per logged chunk (0: about 40 log lines per run)", check=">=0")
@@ -179,6 +186,7 @@ def _range_text(check: str) -> str:
         ">=0": ">= 0",
         "0..1": "in [0, 1]",
         "(0,1]": "in (0, 1]",
+        "mesh": "-1 or > 0",
     }[check]
 
 
@@ -220,6 +228,7 @@ def _in_range(check: str, v: float) -> bool:
         ">=0": v >= 0,
         "0..1": 0 <= v <= 1,
         "(0,1]": 0 < v <= 1,
+        "mesh": v == -1 or v > 0,
     }[check]
 
 

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description=parts[1], epilog=parts[2], allow_abbrev=False)
     p.add_argument("--config", metavar="FILE", help="TOML config; flags override it")
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
+    p.add_argument("--distributed", action="store_true",
+                   help="join a multi-host run first (jax.distributed.initialize; see "
+                        "leed_jax.parallel)")
     for f in dataclasses.fields(TrainConfig):
         base, _ = _field_type(f)
         flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
@@ -65,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_config(argv: list[str] | None) -> tuple[TrainConfig, pathlib.Path | None]:
     """The config of a command line, validated; and the run directory to resume, if any."""
     args = vars(build_parser().parse_args(argv))
+    if args.pop("distributed", False):
+        from leed_jax.parallel import initialize_distributed
+
+        initialize_distributed()
     config_file = args.pop("config", None)
     resume = args.pop("resume", None)
     if resume:
@@ -202,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # DGError covers demo buffers that are missing or do not fit, and LLM provider failures.
     bad_input += (DGError,)
+    try:
+        from leed_jax.parallel import MeshError
+
+        bad_input += (MeshError,)
+    except ImportError:  # pragma: no cover - parallel.py is optional here
+        pass
     out = "DIR"
     try:
         config, resume_dir = resolve_config(argv)

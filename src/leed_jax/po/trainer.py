@@ -480,6 +480,7 @@ def train(
             run.metrics_path.unlink()
     trainer = make_train(config, env, demos)
     demo_arrays = None if not trainer.use_expert else jax.tree_util.tree_map(jnp.asarray, demos)
+    mesh = _mesh(config, env)
 
     state = trainer.seeds_init()(seed_keys(config))
     checkpointer = Checkpointer(ckpt_dir)
@@ -491,6 +492,8 @@ def train(
         say(f"resuming {run.path} from update {meta['update']}")
     else:
         history = []
+    if mesh is not None:
+        state, demo_arrays = _place(state, demo_arrays, mesh, env.spec.num_agents)
 
     t_compile = time.perf_counter()
     compiled = trainer.seeds_chunk().lower(state, demo_arrays).compile()
@@ -568,6 +571,27 @@ def train(
     plot_learning_curves({config.algo: history}, run.plot_path,
                          title=f"{env.name}: {config.algo}, N={env.spec.num_agents}")
     return TrainResult(config, run.path, state, summary, history, trainer)
+
+
+def _mesh(config: TrainConfig, env):
+    """The device mesh of ``config`` (None: one device, nothing to place)."""
+    if config.mesh_data == 1 and config.mesh_agent == 1:
+        return None
+    from leed_jax.parallel import check_fits, make_mesh
+
+    mesh = make_mesh(config.mesh_data, config.mesh_agent)
+    check_fits(mesh, config.num_envs, env.spec.num_agents, config.share_params)
+    return mesh
+
+
+def _place(state: TrainState, demos, mesh, num_agents: int):
+    """Put the state and the demonstrations on the mesh; the jitted chunk follows them."""
+    from leed_jax.parallel import demo_shardings, train_state_shardings
+
+    state = jax.device_put(state, train_state_shardings(state, mesh, num_agents))
+    if demos is not None:
+        demos = jax.device_put(demos, demo_shardings(demos, mesh, num_agents))
+    return state, demos
 
 
 class _Progress:
