@@ -1,0 +1,35 @@
+"""Run in a subprocess with 8 forced CPU devices (see test_parallel.py): train the same tiny
+config unsharded and on several meshes, and print the largest parameter difference per mesh."""
+
+import json
+import sys
+import tempfile
+
+import jax
+import numpy as np
+
+from leed_jax.config import TrainConfig
+from leed_jax.po.trainer import train
+
+assert len(jax.devices()) == 8, jax.devices()
+algo = sys.argv[1]
+base = TrainConfig(
+    scenario="traffic-grid", algo=algo, num_agents=4, num_envs=8, num_steps=8, total_steps=8 * 8 * 3,
+    num_minibatches=2, update_epochs=2, log_every=1, eval_envs=2, progress=False, expert_batch_size=8,
+)
+meshes = [(1, 1), (2, 1), (8, 1), (2, 4)]  # 1, 2 and 8 devices; the last splits agents too
+params = {}
+for data, agent in meshes:
+    out = tempfile.mkdtemp()
+    res = train(base.replace(mesh_data=data, mesh_agent=agent, out=out), say=lambda m: None)
+    leaves = jax.tree_util.tree_leaves(res.state.params)
+    if (data, agent) != (1, 1):
+        assert len(leaves[0].sharding.device_set) == data * agent, (data, agent, leaves[0].sharding)
+    params[(data, agent)] = [np.asarray(x) for x in leaves]
+ref = params[(1, 1)]
+diff = {
+    f"{d}x{a}": max(float(np.max(np.abs(x - y))) for x, y in zip(ref, params[(d, a)]))
+    for d, a in meshes[1:]
+}
+scale = max(float(np.max(np.abs(x))) for x in ref)
+print(json.dumps({"diff": diff, "scale": scale}))
