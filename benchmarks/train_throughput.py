@@ -24,12 +24,12 @@ import time
 import jax
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from env_throughput import make_rollout  # noqa: E402
+from env_throughput import make_rollout
 
-import leed_jax  # noqa: E402
-from leed_jax.config import TrainConfig  # noqa: E402
-from leed_jax.envs.wrappers import AutoResetWrapper  # noqa: E402
-from leed_jax.po.trainer import make_train, seed_keys  # noqa: E402
+import leed_jax
+from leed_jax.config import TrainConfig
+from leed_jax.envs.wrappers import AutoResetWrapper
+from leed_jax.po.trainer import make_train, seed_keys
 
 
 def _rss_mb() -> float:

@@ -67,6 +67,6 @@ def test_sweep_cli_errors(tmp_path, argv, message, capsys):
 def test_sweep_cli_module_exit_status(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "leed_jax.sweep", "--algos", "nope", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error:")
