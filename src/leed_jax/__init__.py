@@ -37,7 +37,7 @@ _EXPORTS = {
     "TrainConfig": "leed_jax.config",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = [*sorted(_EXPORTS), "__version__"]
 
 
 def __getattr__(name: str):

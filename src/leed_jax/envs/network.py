@@ -44,7 +44,7 @@ class RoadNetwork:
     next_hop: np.ndarray = dataclasses.field(init=False)
 
     def __post_init__(self):
-        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        set_ = lambda k, v: object.__setattr__(self, k, v)
         set_("link_src", np.asarray(self.link_src, np.int32))
         set_("link_dst", np.asarray(self.link_dst, np.int32))
         for k in ("link_length", "link_speed", "link_lanes", "link_capacity"):
@@ -108,7 +108,7 @@ class RoadNetwork:
             return path
         return _dijkstra_path(self, int(u), int(v), np.asarray(link_cost, np.float64))
 
-    def largest_strong_component(self) -> "RoadNetwork":
+    def largest_strong_component(self) -> RoadNetwork:
         """The sub-network on the largest strongly connected set of nodes (every pair reachable)."""
         from scipy.sparse import csr_matrix
         from scipy.sparse.csgraph import connected_components

@@ -29,7 +29,7 @@ class AutoResetWrapper:
         obs, state, reward, done, info = self.env.step(key_step, state, actions)
         episode_end = jnp.all(done)
         obs_reset, state_reset = self.env.reset(key_reset)
-        pick = lambda new, old: jnp.where(episode_end, new, old)  # noqa: E731
+        pick = lambda new, old: jnp.where(episode_end, new, old)
         state = jax.tree_util.tree_map(pick, state_reset, state)
         obs = pick(obs_reset, obs)
         info = dict(info, episode_end=episode_end)
