@@ -124,22 +124,9 @@ def path_from_predecessors(pred: np.ndarray, u: int, v: int) -> list[int]:
 
 def grid_graph(rows: int, cols: int, length: float = 200.0, speed: float = 13.9,
                capacity: float = 10.0) -> RouteGraph:
-    """A bidirectional ``rows × cols`` grid (tests and examples; the env has its own)."""
-    src, dst = [], []
-    for r in range(rows):
-        for c in range(cols):
-            u = r * cols + c
-            for dr, dc in ((0, 1), (1, 0), (0, -1), (-1, 0)):
-                rr, cc = r + dr, c + dc
-                if 0 <= rr < rows and 0 <= cc < cols:
-                    src.append(u)
-                    dst.append(rr * cols + cc)
-    e = len(src)
-    return RouteGraph(
-        num_nodes=rows * cols,
-        link_src=np.asarray(src),
-        link_dst=np.asarray(dst),
-        link_length=np.full(e, length),
-        link_tfree=np.full(e, length / speed),
-        link_capacity=np.full(e, capacity),
-    )
+    """A bidirectional ``rows × cols`` grid with ``capacity`` vehicles per link (tests and
+    examples), built from the env's own grid generator."""
+    from leed_jax.envs.network import grid_network
+
+    graph = RouteGraph.from_network(grid_network(rows, cols, link_length=length, speed=speed))
+    return dataclasses.replace(graph, link_capacity=np.full(graph.num_links, float(capacity)))

@@ -88,26 +88,6 @@ class RoadNetwork:
     def max_out_degree(self) -> int:
         return self.out_links.shape[1]
 
-    def link_index(self, u: int, v: int) -> int:
-        """Id of the (fastest free-flow) link u→v, or -1 when the two are not adjacent."""
-        links = [int(link) for link in self.out_links[u] if link >= 0 and self.link_dst[link] == v]
-        return min(links, key=lambda link: self.link_tfree[link]) if links else -1
-
-    def shortest_path(self, u: int, v: int, link_cost: np.ndarray | None = None) -> list[int]:
-        """Nodes of a shortest u→v path (``[u, ..., v]``); ``[]`` when v cannot be reached.
-
-        With ``link_cost`` [E] (e.g. congested travel times) a Dijkstra search runs on those
-        costs; without it the precomputed free-flow next hops are followed.
-        """
-        if not np.isfinite(self.tt[u, v]):
-            return []
-        if link_cost is None:
-            path = [int(u)]
-            while path[-1] != v:
-                path.append(int(self.next_hop[path[-1], v]))
-            return path
-        return _dijkstra_path(self, int(u), int(v), np.asarray(link_cost, np.float64))
-
     def largest_strong_component(self) -> RoadNetwork:
         """The sub-network on the largest strongly connected set of nodes (every pair reachable)."""
         from scipy.sparse import csr_matrix
@@ -156,37 +136,6 @@ def _all_pairs(v, src, dst, cost):
     next_hop[next_hop < 0] = -1
     np.fill_diagonal(next_hop, np.arange(v))
     return tt, next_hop
-
-
-def _dijkstra_path(net: RoadNetwork, u: int, v: int, link_cost: np.ndarray) -> list[int]:
-    import heapq
-
-    dist = {u: 0.0}
-    prev: dict[int, int] = {}
-    heap = [(0.0, u)]
-    done = set()
-    while heap:
-        d, x = heapq.heappop(heap)
-        if x in done:
-            continue
-        done.add(x)
-        if x == v:
-            break
-        for link in net.out_links[x]:
-            if link < 0:
-                break
-            y = int(net.link_dst[link])
-            nd = d + float(link_cost[link])
-            if nd < dist.get(y, math.inf):
-                dist[y] = nd
-                prev[y] = x
-                heapq.heappush(heap, (nd, y))
-    if v not in done:
-        return []
-    path = [v]
-    while path[-1] != u:
-        path.append(prev[path[-1]])
-    return path[::-1]
 
 
 def _capacity(length_m, lanes, per_lane_km):
@@ -339,7 +288,7 @@ def read_sumo(path: str | Path, capacity_per_lane_km: float = 20.0, vclass: str 
         raise ScenarioError("reading SUMO networks needs the 'sumo' extra: pip install 'leed_jax[sumo]'") from None
     try:
         net = sumolib.net.readNet(str(path), withInternal=False)
-    except Exception as exc:  # sumolib raises plain xml/sax errors
+    except Exception as exc:  # noqa: BLE001 (sumolib raises plain xml/sax errors)
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ScenarioError(f"{path}: not a readable SUMO network ({msg})") from None
     edges = [
