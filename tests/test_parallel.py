@@ -44,3 +44,19 @@ def test_mesh_errors_say_what_fits():
         check_fits(wide, num_envs=8, num_agents=5)
     with pytest.raises(MeshError, match="share_params"):
         check_fits(wide, num_envs=8, num_agents=4, share_params=True)
+
+
+def test_out_of_memory_advice_names_options_that_fit():
+    from leed_jax.config import TrainConfig
+    from leed_jax.po.trainer import is_out_of_memory, memory_advice
+
+    assert is_out_of_memory(RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 8GiB"))
+    assert not is_out_of_memory(RuntimeError("INVALID_ARGUMENT: shapes differ"))
+    cfg = TrainConfig(num_envs=16, seeds=3)
+    advice = memory_advice(cfg, num_agents=1000, num_devices=8)
+    assert "--num-envs 8" in advice and "--seeds 1" in advice
+    assert "--mesh-agent 8" in advice and "--mesh-data 8" in advice and "--share-params" in advice
+    one_device = memory_advice(cfg.replace(seeds=1), num_agents=1000, num_devices=1)
+    assert "--mesh" not in one_device and "--num-envs 8" in one_device
+    odd = memory_advice(cfg.replace(num_envs=6), num_agents=7, num_devices=4)
+    assert "--mesh-agent" not in odd and "--mesh-data 3" in odd

@@ -70,3 +70,26 @@ def test_sweep_cli_module_exit_status(tmp_path):
         capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error:")
+
+
+def test_seeds_that_do_not_fit_run_one_by_one(tmp_path, monkeypatch):
+    import leed_jax.po.trainer as trainer_mod
+
+    real_train = trainer_mod.train
+    calls = []
+
+    def train_without_room_for_vmapped_seeds(cfg, **kw):
+        calls.append((cfg.seeds, cfg.seed))
+        if cfg.seeds > 1:
+            raise trainer_mod.OutOfMemoryError("out of device memory (simulated)")
+        return real_train(cfg, **kw)
+
+    monkeypatch.setattr(trainer_mod, "train", train_without_room_for_vmapped_seeds)
+    said = []
+    (row,) = run_sweep(BASE, [4], ["ippo"], tmp_path / "s", say=said.append)
+    assert calls == [(2, 0), (1, 0), (1, 1)]
+    assert any("one by one" in m for m in said)
+    assert row["seeds"] == 2 and row["env_steps"] == BASE.num_updates * BASE.batch_steps
+    summary = json.loads((cell_dir(tmp_path / "s", "ippo", 4) / "summary.json").read_text())
+    assert summary["finished"] and len(summary["final_return_seeds"]) == 2
+    assert summary["final_return"] == pytest.approx(sum(summary["final_return_seeds"]) / 2)

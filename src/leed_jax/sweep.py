@@ -92,7 +92,7 @@ def run_sweep(
     say=None,
 ) -> list[dict]:
     """Run (or read back) every cell; write the tables and the plot; return the rows."""
-    from leed_jax.po.trainer import train
+    from leed_jax.po.trainer import OutOfMemoryError, train
 
     say = say or (lambda m: print(m, file=sys.stderr))
     out = pathlib.Path(out)
@@ -111,12 +111,48 @@ def run_sweep(
                 say(f"{tag}: {'resuming' if resume else 'training'} in {cell}")
                 t0 = time.perf_counter()
                 cfg = base.replace(algo=algo, num_agents=n, out=str(cell), compare=False)
-                summary = train(cfg, resume=resume, say=say).summary
+                try:
+                    summary = train(cfg, resume=resume, say=say).summary
+                except OutOfMemoryError as exc:
+                    if cfg.seeds == 1:
+                        raise
+                    say(f"{tag}: {cfg.seeds} vmapped seeds do not fit ({exc}); running them one by one")
+                    summary = _seeds_one_by_one(cfg, cell, say)
                 say(f"{tag}: done in {time.perf_counter() - t0:.1f} s, return {summary['final_return']:.3f}")
             rows.append(result_row(algo, n, cell, summary))
             write_results(out, rows)
     plot_scaling(rows, out / "scaling.png")
     return rows
+
+
+def _seeds_one_by_one(cfg: TrainConfig, cell: pathlib.Path, say) -> dict:
+    """Run the seeds of a cell as separate runs (``cell/seed-k``) and merge their summaries
+    into ``cell/summary.json``: used when the vmapped seeds do not fit in memory."""
+    from leed_jax.po.trainer import train
+
+    parts = []
+    for k in range(cfg.seeds):
+        sub = cell / f"seed-{k}"
+        done = _finished(sub)
+        if done is None:
+            one = cfg.replace(seeds=1, seed=cfg.seed + k, out=str(sub))
+            done = train(one, resume=_has_checkpoint(sub), say=say).summary
+        parts.append(done)
+    merged = dict(parts[0])
+    for key, value in parts[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "num_agents":
+            merged[key] = sum(p[key] for p in parts) / len(parts)
+    merged.update(
+        seeds=cfg.seeds,
+        final_return_seeds=[p["final_return"] for p in parts],
+        wall_s=sum(p["wall_s"] for p in parts),
+        env_steps=parts[0]["env_steps"],
+        finished=all(p.get("finished") for p in parts),
+        seeds_vmapped=False,
+    )
+    cell.mkdir(parents=True, exist_ok=True)
+    (cell / "summary.json").write_text(json.dumps(merged, indent=1) + "\n")
+    return merged
 
 
 def write_results(out: pathlib.Path, rows: list[dict]) -> None:

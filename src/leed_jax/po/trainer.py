@@ -47,6 +47,35 @@ class TrainingError(RuntimeError):
     """Training cannot go on (one-line message), e.g. a NaN in the loss."""
 
 
+class OutOfMemoryError(TrainingError):
+    """The run does not fit in device memory; the message says which options would."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    text = str(exc)
+    return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
+
+
+def memory_advice(config: TrainConfig, num_agents: int, num_devices: int) -> str:
+    """One line: the batch, seed and sharding options that shrink a run's memory per device."""
+    tips = []
+    if config.num_envs > 1:
+        tips.append(f"--num-envs {max(1, config.num_envs // 2)} (now {config.num_envs})")
+    if config.seeds > 1:
+        tips.append(f"--seeds 1 and run seeds one by one (now {config.seeds} in one program)")
+    free = num_devices // max(1, config.mesh_data * config.mesh_agent)
+    if free > 1:
+        agent_fits = [k for k in range(2, free + 1) if num_agents % k == 0]
+        if agent_fits and not config.share_params:
+            tips.append(f"--mesh-agent {agent_fits[-1]} (split the agents' networks over devices)")
+        data_fits = [k for k in range(2, free + 1) if config.num_envs % k == 0]
+        if data_fits:
+            tips.append(f"--mesh-data {data_fits[-1]} (split the env batch over devices)")
+    if not config.share_params:
+        tips.append("--share-params (one network for all agents)")
+    return "; ".join(tips)
+
+
 class DemoMismatchError(ValueError):
     """A demo buffer that does not fit the env (one-line message)."""
 
@@ -495,8 +524,20 @@ def train(
     if mesh is not None:
         state, demo_arrays = _place(state, demo_arrays, mesh, env.spec.num_agents)
 
+    def out_of_memory(where: str) -> OutOfMemoryError:
+        advice = memory_advice(config, env.spec.num_agents, jax.device_count())
+        return OutOfMemoryError(
+            f"out of device memory while {where} (N={env.spec.num_agents}, "
+            f"num_envs={config.num_envs}, seeds={config.seeds}); try {advice}"
+        )
+
     t_compile = time.perf_counter()
-    compiled = trainer.seeds_chunk().lower(state, demo_arrays).compile()
+    try:
+        compiled = trainer.seeds_chunk().lower(state, demo_arrays).compile()
+    except jax.errors.JaxRuntimeError as exc:
+        if is_out_of_memory(exc):
+            raise out_of_memory("compiling the update") from None
+        raise
     compile_s = time.perf_counter() - t_compile
 
     start_update = int(np.asarray(state.update)[0])
@@ -509,8 +550,13 @@ def train(
     update = start_update
     try:
         for i in range(remaining):
-            state, metrics = compiled(state, demo_arrays)
-            metrics = jax.device_get(metrics)
+            try:
+                state, metrics = compiled(state, demo_arrays)
+                metrics = jax.device_get(metrics)
+            except jax.errors.JaxRuntimeError as exc:
+                if is_out_of_memory(exc):
+                    raise out_of_memory(f"training (update {update})") from None
+                raise
             bad = _first_nonfinite(metrics, update)
             if bad is not None:
                 last = checkpointer.latest_step()
