@@ -39,8 +39,10 @@ def plot_learning_curves(
             band = [r.get(f"{key}_seeds") for r in rows]
             if all(b is not None and len(b) > 1 for b in band):
                 arr = np.array([[np.nan if v is None else v for v in b] for b in band], float)
+                seen = ~np.isnan(arr).all(1)  # no episode ended in that chunk for any seed
                 ax.fill_between(
-                    x, np.nanmin(arr, 1), np.nanmax(arr, 1), color=line.get_color(), alpha=0.2
+                    x[seen], np.nanmin(arr[seen], 1), np.nanmax(arr[seen], 1),
+                    color=line.get_color(), alpha=0.2,
                 )
         for name, ref in (references or {}).items():
             if ref.get(key) is not None:
