@@ -159,10 +159,19 @@ def test_gigantic_reply_is_cut_and_counted(traffic, tmp_path, monkeypatch):
 
 def test_mpe_llm_assignment(spread, tmp_path):
     text = "Plan:\n[MoveTo, Landmark_2, Agent_0]\n[MoveTo, Landmark_0, Agent_1]\n"
-    r = _llm(spread, tmp_path, text)
+    r = _llm(spread, tmp_path, text, episodes=1)
     s = r.meta["dg_report"]
     assert s["covered_by_model"] == 2 and s["fell_back_to_planner"] == 1
     assert (r.path / "plan.txt").read_text().startswith("[MoveTo, Landmark_2, Agent_0]")
+
+
+def test_default_episodes_one_for_fixed_demand_many_for_random_starts(spread, traffic, tmp_path):
+    text = "[MoveTo, Landmark_0, Agent_0]\n[MoveTo, Landmark_1, Agent_1]\n[MoveTo, Landmark_2, Agent_2]\n"
+    assert _llm(spread, tmp_path / "a", text).meta["episodes"] == 4
+    planned = run_dg(DemoConfig(scenario="x", out=tmp_path / "b", source="planner", progress=False), env=spread)
+    assert planned.meta["episodes"] == 64 and planned.buffer.valid.sum(axis=1).min() == 64 * 25
+    fixed = run_dg(DemoConfig(scenario="x", out=tmp_path / "c", source="planner", progress=False), env=traffic)
+    assert fixed.meta["episodes"] == 1
 
 
 def test_llm_source_needs_a_model(traffic, tmp_path, monkeypatch):

@@ -42,8 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--agents", type=int, help="override the number of agents (num_agents)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="scenario override, repeatable (e.g. --set horizon=80)")
-    p.add_argument("--episodes", type=int, default=1,
-                   help="episodes to plan and record (MPE: a new start each)")
+    p.add_argument("--episodes", type=int, default=None,
+                   help="episodes to plan and record (default: 1 for traffic, whose demand is "
+                        "fixed; MPE, a new random start each: 64 planner, 4 LLM)")
     p.add_argument("--agents-per-request", type=int, default=20,
                    help="agents per LLM prompt (chunks keep large N within the context)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per LLM request")

@@ -70,7 +70,7 @@ class DemoConfig:
     api_base: str | None = None
     rounds: int = 1
     seed: int = 0
-    episodes: int = 1
+    episodes: int | None = None
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     agents_per_request: int = 20
     timeout: float = 120.0
@@ -98,7 +98,7 @@ class DemoConfig:
 
     def check(self) -> None:
         for name in ("rounds", "episodes", "agents_per_request", "concurrency"):
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise DGError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.timeout <= 0:
             raise DGError(f"timeout must be positive, got {self.timeout}")
@@ -172,6 +172,16 @@ def _mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
+# Episodes recorded when DemoConfig.episodes is None. A traffic scenario's demand is fixed, so
+# one episode covers it; MPE starts every episode at random positions, and demonstrations of a
+# single start teach a policy nothing about the others.
+RANDOM_START_EPISODES = {"planner": 64, "llm": 4}
+
+
+def default_episodes(env, source: str) -> int:
+    return 1 if env.family == "traffic" else RANDOM_START_EPISODES[source]
+
+
 def run_dg(cfg: DemoConfig, env=None) -> DGResult:
     """Run the DG stage for ``cfg`` (``env``: an already built env of ``cfg.scenario`` to reuse,
     e.g. to share its compiled executor). Returns the buffer, its metadata and the reports."""
@@ -182,6 +192,8 @@ def run_dg(cfg: DemoConfig, env=None) -> DGResult:
         from leed_jax.envs.registry import make_env
 
         env = make_env(cfg.scenario, **dict(cfg.overrides))
+    if cfg.episodes is None:
+        cfg = dataclasses.replace(cfg, episodes=default_episodes(env, source))
     scenario = getattr(env, "scenario", None)
     prompts = load_prompts(getattr(scenario, "prompt", None) or env.family, cfg.prompts_dir)
     run = executor_for(env)
