@@ -135,7 +135,6 @@ class TrafficEnv:
     def step(self, key, state: TrafficState, actions: jax.Array):
         del key
         p = self.params
-        n_links = self.spec.global_state_dim - 2
         deciding = state.status == AT_NODE  # [N]
         active = deciding | (state.status == ON_LINK)
         # Decisions: an invalid action falls back to the first allowed slot (masks make this rare).
@@ -149,13 +148,13 @@ class TrafficEnv:
         progress = jnp.where(deciding, 0.0, state.progress)
         # Congestion from the loads after this step's entries: O(N + E) segment sum.
         on_link = status == ON_LINK
-        counts = jax.ops.segment_sum(on_link.astype(jnp.float32), jnp.where(on_link, link, 0), n_links)
+        counts = self._link_counts(status, link)
         link_safe = jnp.maximum(link, 0)
         n_other = jnp.maximum(counts[link_safe] - 1.0, 0.0)
         t_link = self._tfree[link_safe] * (1.0 + p.alpha * (n_other / self._cap[link_safe]) ** p.beta)
         progress = jnp.where(on_link, progress + p.dt / t_link, progress)
         reached = on_link & (progress >= 1.0 - _EPS)
-        node = jnp.where(reached, self._dst[link_safe], jnp.where(on_link, self._dst[link_safe], state.node))
+        node = jnp.where(on_link, self._dst[link_safe], state.node)
         arrived_now = reached & (node == self._dest)
         status = jnp.where(reached, jnp.where(arrived_now, ARRIVED, AT_NODE), status)
         link = jnp.where(reached, -1, link)
@@ -174,15 +173,12 @@ class TrafficEnv:
         if p.team_reward > 0:
             reward = (1.0 - p.team_reward) * reward + p.team_reward * reward.mean()
         done = arrived | at_horizon
-        final_counts = jax.ops.segment_sum(
-            (status == ON_LINK).astype(jnp.float32), jnp.where(status == ON_LINK, link, 0), n_links
-        )
         info = {
             "decision": deciding,
             "metrics": self._metrics(new),
             "arrived": arrived_now,
             "travel_time": travel_time,
-            "link_counts": final_counts,
+            "link_counts": self._link_counts(status, link),
         }
         return self._obs(new), new, reward.astype(jnp.float32), done, info
 
@@ -200,10 +196,8 @@ class TrafficEnv:
     def global_state(self, state: TrafficState) -> jax.Array:
         """[E + 2]: occupancy ratio n/c of every link, the time fraction, the share still en route.
         Its size depends on the network only, so a centralised critic stays small at large N."""
-        n_links = self.spec.global_state_dim - 2
-        on = state.status == ON_LINK
-        counts = jax.ops.segment_sum(on.astype(jnp.float32), jnp.where(on, state.link, 0), n_links)
-        en_route = ((state.status == AT_NODE) | on).mean()
+        counts = self._link_counts(state.status, state.link)
+        en_route = ((state.status == AT_NODE) | (state.status == ON_LINK)).mean()
         frac = state.t.astype(jnp.float32) / self.params.horizon
         return jnp.concatenate([counts / self._cap, jnp.stack([frac, en_route])])
 
@@ -216,8 +210,15 @@ class TrafficEnv:
         direct = (dst == next_node[:, None]).any(axis=1)
         hop = self._next_hop[state.node, next_node]
         target = jnp.where(direct, next_node, hop)
-        match = (dst == target[:, None]) & self.avail_actions(state)
-        return jnp.where(match.any(axis=1), jnp.argmax(match, axis=1), jnp.argmax(self.avail_actions(state), axis=1)).astype(jnp.int32)
+        avail = self.avail_actions(state)
+        match = (dst == target[:, None]) & avail
+        slot = jnp.where(match.any(axis=1), jnp.argmax(match, axis=1), jnp.argmax(avail, axis=1))
+        return slot.astype(jnp.int32)
+
+    def _link_counts(self, status: jax.Array, link: jax.Array) -> jax.Array:
+        """[E] vehicles on each link: an O(N + E) segment sum."""
+        on = status == ON_LINK
+        return jax.ops.segment_sum(on.astype(jnp.float32), jnp.where(on, link, 0), self.network.num_links)
 
     def _metrics(self, s: TrafficState) -> dict:
         arrived = s.status == ARRIVED
@@ -233,11 +234,8 @@ class TrafficEnv:
         steps until departure (fraction of horizon), position xy, destination xy, free-flow time
         to destination; per out-link slot: valid, length, free-flow time, occupancy n/c and
         free-flow time to the destination through that link."""
-        n_links = self.spec.global_state_dim - 2
         h = float(self.params.horizon)
-        on = s.status == ON_LINK
-        counts = jax.ops.segment_sum(on.astype(jnp.float32), jnp.where(on, s.link, 0), n_links)
-        occ = counts / self._cap  # [E]
+        occ = self._link_counts(s.status, s.link) / self._cap  # [E]
         scale = self._tt_scale
         own = jnp.concatenate(
             [
