@@ -78,6 +78,8 @@ def resolve_config(argv: list[str] | None) -> tuple[TrainConfig, pathlib.Path | 
         resume_dir = pathlib.Path(resume)
         if not (resume_dir / "config.toml").is_file():
             raise FileNotFoundError(f"no run to resume in {resume_dir} (no config.toml)")
+        from leed_jax.io.checkpoint import has_checkpoint
+
         if not has_checkpoint(resume_dir):
             raise FileNotFoundError(f"no checkpoint to resume in {resume_dir}")
         extra = sorted(set(args) - _RESUME_OK)
@@ -93,14 +95,6 @@ def resolve_config(argv: list[str] | None) -> tuple[TrainConfig, pathlib.Path | 
 
         config = config.replace(out=str(default_run_dir(config.scenario, config.algo)))
     return config, None
-
-
-def has_checkpoint(run_dir: pathlib.Path) -> bool:
-    """Whether ``run_dir/checkpoints`` holds a finished checkpoint."""
-    from leed_jax.io.checkpoint import Checkpointer
-
-    ckpt = run_dir / "checkpoints"
-    return ckpt.is_dir() and Checkpointer(ckpt).latest_step() is not None
 
 
 def _say(msg: str) -> None:
@@ -177,6 +171,8 @@ def run(config: TrainConfig, resume_dir: pathlib.Path | None) -> int:
     histories = {config.algo: result.history}
     if config.compare and config.algo != "ippo":
         sub = config.replace(algo="ippo", out=str(out / "compare-ippo"), compare=False)
+        from leed_jax.io.checkpoint import has_checkpoint
+
         sub_resume = resume_dir is not None and has_checkpoint(out / "compare-ippo")
         _say(f"training IPPO on the same budget for comparison -> {sub.out}")
         ippo = train(sub, env=env, resume=sub_resume, say=_say)

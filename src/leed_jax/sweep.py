@@ -56,11 +56,6 @@ def _finished(cell: pathlib.Path) -> dict | None:
     return summary if summary.get("finished") else None
 
 
-def _has_checkpoint(cell: pathlib.Path) -> bool:
-    ckpt = cell / "checkpoints"
-    return ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())
-
-
 def result_row(algo: str, n: int, cell: pathlib.Path, summary: dict) -> dict:
     seeds_ret = summary.get("final_return_seeds") or [summary["final_return"]]
     mean = sum(seeds_ret) / len(seeds_ret)
@@ -92,6 +87,7 @@ def run_sweep(
     say=None,
 ) -> list[dict]:
     """Run (or read back) every cell; write the tables and the plot; return the rows."""
+    from leed_jax.io.checkpoint import has_checkpoint
     from leed_jax.po.trainer import OutOfMemoryError, train
 
     say = say or (lambda m: print(m, file=sys.stderr))
@@ -107,7 +103,7 @@ def run_sweep(
             if summary is not None:
                 say(f"{tag}: finished earlier, read from {cell}")
             else:
-                resume = _has_checkpoint(cell)
+                resume = has_checkpoint(cell)
                 say(f"{tag}: {'resuming' if resume else 'training'} in {cell}")
                 t0 = time.perf_counter()
                 cfg = base.replace(algo=algo, num_agents=n, out=str(cell), compare=False)
@@ -128,6 +124,7 @@ def run_sweep(
 def _seeds_one_by_one(cfg: TrainConfig, cell: pathlib.Path, say) -> dict:
     """Run the seeds of a cell as separate runs (``cell/seed-k``) and merge their summaries
     into ``cell/summary.json``: used when the vmapped seeds do not fit in memory."""
+    from leed_jax.io.checkpoint import has_checkpoint
     from leed_jax.po.trainer import train
 
     parts = []
@@ -136,7 +133,7 @@ def _seeds_one_by_one(cfg: TrainConfig, cell: pathlib.Path, say) -> dict:
         done = _finished(sub)
         if done is None:
             one = cfg.replace(seeds=1, seed=cfg.seed + k, out=str(sub))
-            done = train(one, resume=_has_checkpoint(sub), say=say).summary
+            done = train(one, resume=has_checkpoint(sub), say=say).summary
         parts.append(done)
     merged = dict(parts[0])
     for key, value in parts[0].items():

@@ -86,3 +86,9 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def has_checkpoint(run_dir: str | pathlib.Path) -> bool:
+    """Whether ``run_dir/checkpoints`` holds a finished checkpoint."""
+    ckpt = pathlib.Path(run_dir) / "checkpoints"
+    return ckpt.is_dir() and Checkpointer(ckpt).latest_step() is not None

@@ -481,7 +481,7 @@ def train(
     interrupted; for tests and time-boxed jobs). Writes ``config.toml``, ``metrics.jsonl``,
     ``checkpoints/``, ``summary.json`` and ``learning_curve.png`` under ``config.out``.
     """
-    from leed_jax.io.checkpoint import Checkpointer
+    from leed_jax.io.checkpoint import Checkpointer, has_checkpoint
     from leed_jax.io.plots import plot_learning_curves
     from leed_jax.io.rundir import RunDir, default_run_dir
 
@@ -492,7 +492,7 @@ def train(
         config = config.replace(out=str(default_run_dir(config.scenario, config.algo)))
     run = RunDir(config.out)
     ckpt_dir = run.checkpoint_dir
-    if resume and (not ckpt_dir.exists() or Checkpointer(ckpt_dir).latest_step() is None):
+    if resume and not has_checkpoint(run.path):
         raise FileNotFoundError(f"no checkpoint to resume in {run.path}")
     run.create()
     if env is None:
