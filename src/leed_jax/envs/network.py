@@ -27,6 +27,17 @@ class RoadNetwork:
         link holds before the BPR law bites (n / c = 1); link_tfree [E] s;
         out_links [V, K] link ids, -1 padded; tt [V, V] free-flow shortest time (inf where
         unreachable); next_hop [V, V] first node after u on a shortest u→v path (-1).
+
+    Optional per-link data (``None`` → the default named here, filled in ``__post_init__``):
+        link_ids list[str]: the source's own link names (SUMO edge ids; ``"u-v"`` otherwise,
+        ``"u-v#k"`` for the k-th parallel link); link_flow_capacity [E] veh/h (default: the
+        occupancy capacity over the free-flow time, ``3600 · link_capacity / link_tfree``);
+        link_storage [E] vehicles a link holds at jam (default ``length · lanes / 7.5 m``,
+        at least 1); link_bpr_b, link_bpr_power [E] the BPR law's own coefficients (default
+        0.15 and 4); connections [C, 2] int (from_link, to_link) pairs a vehicle may turn
+        between (default: every out-link of a link's head node). Derived: turn_allowed [E, K]
+        bool, ``turn_allowed[e, k]`` = a vehicle arriving on ``e`` may take slot ``k`` of
+        ``out_links[link_dst[e]]``.
     """
 
     name: str
@@ -38,10 +49,17 @@ class RoadNetwork:
     link_speed: np.ndarray
     link_lanes: np.ndarray
     link_capacity: np.ndarray
+    link_ids: list[str] | None = None
+    link_flow_capacity: np.ndarray | None = None
+    link_storage: np.ndarray | None = None
+    link_bpr_b: np.ndarray | None = None
+    link_bpr_power: np.ndarray | None = None
+    connections: np.ndarray | None = None
     link_tfree: np.ndarray = dataclasses.field(init=False)
     out_links: np.ndarray = dataclasses.field(init=False)
     tt: np.ndarray = dataclasses.field(init=False)
     next_hop: np.ndarray = dataclasses.field(init=False)
+    turn_allowed: np.ndarray = dataclasses.field(init=False)
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)
@@ -72,9 +90,60 @@ class RoadNetwork:
             out[u, fill[u]] = link
             fill[u] += 1
         set_("out_links", out)
+        self._fill_optional(set_)
         tt, nh = _all_pairs(v, self.link_src, self.link_dst, self.link_tfree)
         set_("tt", tt)
         set_("next_hop", nh)
+
+    def _fill_optional(self, set_) -> None:
+        """Defaults and checks for the optional per-link data (see the class docstring)."""
+        e = self.num_links
+        if self.link_ids is None:
+            seen: dict[tuple[int, int], int] = {}
+            ids = []
+            for s, d in zip(self.link_src.tolist(), self.link_dst.tolist()):
+                k = seen.get((s, d), 0)
+                seen[(s, d)] = k + 1
+                ids.append(f"{s}-{d}" if k == 0 else f"{s}-{d}#{k}")
+            set_("link_ids", ids)
+        elif len(self.link_ids) != e or len(set(self.link_ids)) != e:
+            raise ScenarioError(f"network {self.name!r}: link_ids must be {e} distinct names")
+        else:
+            set_("link_ids", [str(i) for i in self.link_ids])
+        defaults = {
+            "link_flow_capacity": lambda: 3600.0 * self.link_capacity / self.link_tfree,
+            "link_storage": lambda: np.maximum(self.link_length * self.link_lanes / 7.5, 1.0),
+            "link_bpr_b": lambda: np.full(e, 0.15),
+            "link_bpr_power": lambda: np.full(e, 4.0),
+        }
+        for k, make in defaults.items():
+            arr = np.asarray(make() if getattr(self, k) is None else getattr(self, k), np.float64)
+            if arr.shape != (e,) or not np.isfinite(arr).all() or (arr < 0).any():
+                raise ScenarioError(f"network {self.name!r}: {k} must be {e} finite non-negative values")
+            set_(k, arr)
+        if (self.link_flow_capacity <= 0).any() or (self.link_storage <= 0).any():
+            raise ScenarioError(f"network {self.name!r}: link_flow_capacity and link_storage must be positive")
+        k_max = self.out_links.shape[1]
+        if self.connections is None:
+            allowed = self.out_links[self.link_dst] >= 0  # [E, K]
+            rows, slots = np.nonzero(allowed)
+            set_("connections", np.stack([rows, self.out_links[self.link_dst[rows], slots]], 1).astype(np.int32))
+        else:
+            conn = np.asarray(self.connections, np.int32).reshape(-1, 2)
+            if len(conn) and (conn.min() < 0 or conn.max() >= e):
+                raise ScenarioError(f"network {self.name!r}: a connection refers to a link outside 0..{e - 1}")
+            if len(conn) and (self.link_dst[conn[:, 0]] != self.link_src[conn[:, 1]]).any():
+                bad = conn[np.flatnonzero(self.link_dst[conn[:, 0]] != self.link_src[conn[:, 1]])[0]]
+                raise ScenarioError(f"network {self.name!r}: connection {bad.tolist()} joins links that do not meet")
+            allowed = np.zeros((e, k_max), bool)
+            slot = np.zeros(e, np.int64)  # slot of each link in its tail node's out-list
+            for u in range(self.num_nodes):
+                for j, link in enumerate(self.out_links[u]):
+                    if link >= 0:
+                        slot[link] = j
+            allowed[conn[:, 0], slot[conn[:, 1]]] = True
+            set_("connections", conn)
+        set_("turn_allowed", allowed)
 
     @property
     def num_nodes(self) -> int:
@@ -113,7 +182,21 @@ class RoadNetwork:
             link_speed=self.link_speed[lk],
             link_lanes=self.link_lanes[lk],
             link_capacity=self.link_capacity[lk],
+            link_ids=[i for i, k in zip(self.link_ids, lk) if k],
+            link_flow_capacity=self.link_flow_capacity[lk],
+            link_storage=self.link_storage[lk],
+            link_bpr_b=self.link_bpr_b[lk],
+            link_bpr_power=self.link_bpr_power[lk],
+            connections=_remap_connections(self.connections, lk),
         )
+
+
+def _remap_connections(conn: np.ndarray, keep_link: np.ndarray) -> np.ndarray:
+    """The connections [C, 2] between kept links, in the kept links' new numbering."""
+    new_link = -np.ones(len(keep_link), np.int64)
+    new_link[keep_link] = np.arange(int(keep_link.sum()))
+    mapped = new_link[conn]
+    return mapped[(mapped >= 0).all(axis=1)]
 
 
 def _all_pairs(v, src, dst, cost):
