@@ -358,9 +358,11 @@ def _tntp_nodes(path: Path, ids: list[int]) -> np.ndarray:
 def read_sumo(path: str | Path, capacity_per_lane_km: float = 20.0, vclass: str = "passenger") -> RoadNetwork:
     """Read a SUMO ``.net.xml`` (or ``.net.xml.gz``) with sumolib (extra ``leed_jax[sumo]``).
 
-    Junctions become nodes, non-internal edges that allow ``vclass`` become links, and the
-    network is cut to its largest strongly connected component so that every origin can reach
-    every destination.
+    Junctions become nodes, non-internal edges that allow ``vclass`` become links (``link_ids``
+    keeps SUMO's edge ids), lane connections between them become ``connections`` (turn
+    restrictions), and the network is cut to its largest strongly connected component so that
+    every origin can reach every destination. (The cut is on nodes; a vehicle's reachable set
+    under turn restrictions is the env's concern.)
     """
     path = Path(path)
     if not path.is_file():
@@ -387,6 +389,16 @@ def read_sumo(path: str | Path, capacity_per_lane_km: float = 20.0, vclass: str 
     coord.update({e.getToNode().getID(): e.getToNode().getCoord() for e in edges})
     length = np.array([max(e.getLength(), 1.0) for e in edges])
     lanes = np.array([float(e.getLaneNumber()) for e in edges])
+    link_of = {e.getID(): i for i, e in enumerate(edges)}
+    # Lane connections: a vehicle on edge a may take edge b only where SUMO connects a lane of a
+    # to a lane of b that both allow vclass (turn restrictions).
+    conn = sorted({
+        (link_of[e.getID()], link_of[to.getID()])
+        for e in edges
+        for to, cons in e.getOutgoing().items()
+        if to.getID() in link_of
+        and any(c.getFromLane().allows(vclass) and c.getToLane().allows(vclass) for c in cons)
+    })
     full = RoadNetwork(
         name=path.name.split(".")[0],
         node_xy=np.array([coord[n][:2] for n in nodes]),
@@ -397,6 +409,8 @@ def read_sumo(path: str | Path, capacity_per_lane_km: float = 20.0, vclass: str 
         link_speed=np.array([max(e.getSpeed(), 1.0) for e in edges]),
         link_lanes=lanes,
         link_capacity=_capacity(length, lanes, capacity_per_lane_km),
+        link_ids=[e.getID() for e in edges],
+        connections=np.array(conn, np.int32).reshape(-1, 2),
     )
     return full.largest_strong_component()
 
