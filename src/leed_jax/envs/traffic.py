@@ -25,7 +25,8 @@ out-links); further nodes reached within the same step follow the free-flow fast
 (``RoadNetwork.link_next``), so a lone vehicle's travel time is its route's continuous
 free-flow time for any dt. ``info["decision"]`` marks the vehicles whose action was used
 (they crossed their next node, or left their origin, in this step). The per-step work is a
-static loop of ``moves`` passes (``jax.lax.fori_loop``); each pass lets the head of every
+loop of at most ``moves`` passes (``jax.lax.while_loop``, stopping after a pass in which
+nobody moved; shapes stay static); each pass lets the head of every
 link's queue (and every departing vehicle) move once, so one link releases at most ``moves``
 vehicles per step; the default covers the largest ``q_e · dt``. Vehicles that could still
 have moved when the passes ran out are counted in ``info["pending_moves"]`` (0 in a
@@ -356,8 +357,8 @@ class TrafficEnv:
         dep_s = s.depart.astype(jnp.float32) * p.dt
         inf = jnp.float32(jnp.inf)
 
-        def one_pass(_, c):
-            status, node, link, prev, enter, ready, ticket, blocked, last_move, arrive, head, tail, free_at, used, decided = c
+        def one_pass(c):
+            status, node, link, prev, enter, ready, ticket, blocked, last_move, arrive, head, tail, free_at, used, decided = c[:15]
             ls = jnp.maximum(link, 0)
             on = status == ON_LINK
             departing = status == AT_NODE
@@ -420,12 +421,16 @@ class TrafficEnv:
             arrive = jnp.where(arriving, x, arrive)
             decided = decided | (entering & ~used)
             used = used | cross
-            return status, node, link, prev, enter, ready, ticket, blocked, last_move, arrive, head, tail, free_at, used, decided
+            return (status, node, link, prev, enter, ready, ticket, blocked, last_move, arrive, head, tail, free_at,
+                    used, decided, c[15] + 1, cross.any())
 
+        # A pass in which nobody crosses changes nothing, so every later pass would not either:
+        # stop there (exactly the same result as running all ``moves`` passes, usually sooner).
         init = (s.status, s.node, s.link, s.prev_link, s.enter, s.ready, s.ticket, s.blocked, s.last_move, s.arrive_time,
-                s.head, s.tail, s.free_at, jnp.zeros(n, bool), jnp.zeros(n, bool))
-        out = jax.lax.fori_loop(0, self.moves, one_pass, init)
-        status, node, link, prev, enter, ready, ticket, blocked, last_move, arrive, head, tail, free_at, _, decided = out
+                s.head, s.tail, s.free_at, jnp.zeros(n, bool), jnp.zeros(n, bool), jnp.zeros((), jnp.int32),
+                jnp.ones((), bool))
+        out = jax.lax.while_loop(lambda c: (c[15] < self.moves) & c[16], one_pass, init)
+        status, node, link, prev, enter, ready, ticket, blocked, last_move, arrive, head, tail, free_at, _, decided = out[:15]
         arrived_now = (status == ARRIVED) & (s.status != ARRIVED)
         on = status == ON_LINK
         progress = jnp.where(on, jnp.clip((t1 - enter) / jnp.maximum(ready - enter, _EPS), 0.0, 1.0), 0.0)
