@@ -510,16 +510,15 @@ class TrafficEnv:
 
     # ------------------------------------------------------------------ helpers
     def slot_towards(self, state: TrafficState, next_node: jax.Array) -> jax.Array:
-        """int32 [N]: the slot leading from each vehicle's decision node towards ``next_node``
-        [N] (directly when adjacent, else along the free-flow shortest path)."""
+        """int32 [N]: the allowed slot at each vehicle's decision node on the turn-aware
+        free-flow fastest path to ``next_node`` [N] (the direct link when adjacent and the turn
+        is allowed; a detour when a turn restriction forbids it)."""
         links = self._out[state.node]  # [N, K]
-        dst = jnp.where(links >= 0, self._dst[jnp.maximum(links, 0)], -1)
-        direct = (dst == next_node[:, None]).any(axis=1)
-        hop = self._next_hop[state.node, next_node]
-        target = jnp.where(direct, next_node, hop)
+        ls = jnp.maximum(links, 0)
         avail = self.avail_actions(state)
-        match = (dst == target[:, None]) & avail
-        slot = jnp.where(match.any(axis=1), jnp.argmax(match, axis=1), jnp.argmax(avail, axis=1))
+        cost = self._tfree[ls] + self._link_tt[ls, next_node[:, None]]
+        cost = jnp.where(avail & jnp.isfinite(cost), cost, jnp.inf)
+        slot = jnp.where(jnp.isfinite(cost).any(axis=1), jnp.argmin(cost, axis=1), jnp.argmax(avail, axis=1))
         return slot.astype(jnp.int32)
 
     def fastest_slot(self, state: TrafficState) -> jax.Array:
