@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-coordinate", action="store_true",
                    help="route mode: ask all chunks at once instead of showing each chunk the "
                         "loads planned by the chunks before it")
-    p.add_argument("--decisions-per-request", type=int, default=16,
+    p.add_argument("--decisions-per-request", type=int, default=32,
                    help="next-hop decisions batched into one LLM request")
     p.add_argument("--cache-dir", type=Path,
                    help="LLM reply cache (default $LEED_LLM_CACHE or ~/.cache/leed_jax/llm)")

@@ -114,7 +114,7 @@ class DemoConfig:
     granularity: str = "auto"
     structured: str = "auto"
     coordinate: bool = True
-    decisions_per_request: int = 16
+    decisions_per_request: int = 32
     cache_dir: Path | None = None
     prompts_dir: Path | None = None
     progress: bool = True

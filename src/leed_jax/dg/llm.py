@@ -77,10 +77,12 @@ STRUCTURED_MODES = ("json_schema", "json_object")
 
 #: Rates a slow local server reaches (tokens/s) — the automatic timeout assumes them, so that
 #: a CPU-only llama.cpp server finishes in time (measured here: ~200 prompt and ~26
-#: completion tokens/s for SmolLM2-135M on 2 shared cores).
-SLOW_PROMPT_TPS = 100.0
-SLOW_COMPLETION_TPS = 12.0
-TIMEOUT_FLOOR = 30.0  # seconds on top, for queueing and model load
+#: completion tokens/s for SmolLM2-135M on 2 idle cores, 3–5x less when the cores are
+#: shared). A generous timeout costs nothing when the server is fast; a short one costs the
+#: whole request, which a single-slot server keeps computing after the client gave up.
+SLOW_PROMPT_TPS = 40.0
+SLOW_COMPLETION_TPS = 8.0
+TIMEOUT_FLOOR = 60.0  # seconds on top, for queueing and model load
 
 
 def auto_timeout(prompt_chars: int, max_tokens: int | None) -> float:
@@ -352,6 +354,7 @@ class LLMClient:
         self.mode: str | None = {"off": "text", "auto": None}.get(config.structured,
                                                                     config.structured)
         self.probe: list[str] = []  # what the auto probe tried, e.g. "json_schema: rejected"
+        self._rejected: set[str] = set()  # formats the server rejected (not tried again)
         self.ignored_schema = 0  # structured replies that were not JSON (schema ignored)
         self._answered = 0  # requests answered (provider or cache)
         self._failed = 0
@@ -446,6 +449,7 @@ class LLMClient:
 
     def _probe(self, messages: list[dict], ask: Ask) -> LLMReply:
         candidates = self._candidates() if ask.schema is not None else ["text"]
+        candidates = [m for m in candidates if m not in self._rejected]
         for i, mode in enumerate(candidates):
             try:
                 resp = self._attempts(messages, ask, mode, probing=i + 1 < len(candidates))
@@ -454,6 +458,7 @@ class LLMClient:
                 # validation error): try the next one; anything else is the server's state.
                 if e.kind in ("rejected", "server", "other") and i + 1 < len(candidates):
                     self.probe.append(f"{mode}: {e.kind}")
+                    self._rejected.add(mode)
                     continue
                 raise
             self.mode = mode

@@ -183,15 +183,11 @@ def _request(fam, batch, loads, last_peak, round_) -> tuple[list[dict], Ask]:
     lines = []
     for k, (i, opts) in enumerate(batch, start=1):
         u, d = fam_path_end(fam, i, opts), int(fam.destination[i])
-        lines.append(f"D{k}: Agent_{i} at Intersection_{u}, going to Intersection_{d}")
+        lines.append(f"D{k}: Agent_{i} at Intersection_{u} to Intersection_{d}")
         for j, (v, e) in enumerate(opts):
-            cap = g.link_capacity[e]
-            extra = ""
-            if last_peak is not None:
-                extra = f"; last round at most {last_peak[e]:.0f} at once"
-            lines.append(f"  {LETTERS[j]}) Intersection_{v}: "
-                         f"{g.link_tfree[e] + g.tt[v, d]:.0f} s to destination, "
-                         f"{loads[e]:.0f} / {cap:.0f} planned{extra}")
+            extra = f", {last_peak[e]:.0f} at once last round" if last_peak is not None else ""
+            lines.append(f"  {LETTERS[j]}) Intersection_{v}: {g.link_tfree[e] + g.tt[v, d]:.0f} s, "
+                         f"{loads[e]:.0f}/{g.link_capacity[e]:.0f} planned{extra}")
     fields = {"num_decisions": len(batch), "decisions": "\n".join(lines), "round": round_,
               "dt": f"{fam.env.params.dt:g}"}
     msgs = [{"role": "system", "content": fam.prompts.render("nexthop_system", **fields)},
