@@ -71,15 +71,18 @@ def test_rate_limit_then_success_is_retried(tmp_path):
 
 
 def test_stall_past_timeout_retries_then_names_the_provider(tmp_path):
-    with ScriptedLLMServer([Stall(10.0)]) as srv:
-        client = _client(srv, tmp_path, timeout=0.5, max_retries=1)
+    # A server that has answered before gets one retry after a timeout ...
+    with ScriptedLLMServer(lambda i, body: Reply(PLAN) if i == 0 else Stall(10.0)) as srv:
+        client = _client(srv, tmp_path, timeout=0.5, max_retries=3)
+        client.complete([_msgs()])
         t0 = time.perf_counter()
         with pytest.raises(LLMError) as e:
-            client.complete([_msgs()])
+            client.complete([_msgs(1)])
         assert time.perf_counter() - t0 < 5
-        assert srv.count == 2  # first attempt + one retry
+        assert srv.count == 3  # first answer, then a timed-out attempt + one retry
     msg = str(e.value)
     assert "'openai'" in msg and "openai/tiny-test" in msg and "timed out 2 time(s)" in msg
+    # ... one that never answered gets none (see test_dg_llm_modes for the hanging server).
     assert "--timeout" in msg and "\n" not in msg
 
 

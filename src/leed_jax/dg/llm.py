@@ -18,15 +18,18 @@
   unreachable   connection refused / DNS               once      fatal: the run stops
   auth          401, 403, missing credentials          no        fatal
   not found     404 (model or endpoint)                no        fatal
-  timeout       no answer within the timeout           once      this request fails
+  timeout       no answer within the timeout           once      this request fails (fatal
+                                                                 if nothing was answered yet)
   bad reply     HTTP 200 that is not a completion      once      this request fails
                 (not JSON, no or empty ``choices``)
   rejected      400, 422 (prompt too long, ...)        no        this request fails
   server        408, 409, 429, 5xx                     yes       this request fails
   ============  =====================================  ========  ==========================
 
-  A timed-out request is retried once only: a single-slot local server is usually still busy
-  with it, so more retries only queue behind it. ``complete(..., tolerate=True)`` turns a
+  A timed-out request is retried once only, and not at all while the provider has answered
+  nothing yet (a server that hangs is given up after one timeout, which scales with the
+  request — :func:`auto_timeout` — instead of five fixed ones): a single-slot local server is
+  usually still busy with the abandoned request, so more retries only queue behind it. ``complete(..., tolerate=True)`` turns a
   failed request into an :class:`LLMReply` with ``error`` set (the caller falls back to the
   planner for that request and counts it); a fatal failure, or a provider whose first
   :data:`FAIL_FAST_AFTER` requests all failed with no reply ever, raises :class:`LLMError`
@@ -76,12 +79,14 @@ FAIL_FAST_AFTER = 2
 STRUCTURED_MODES = ("json_schema", "json_object")
 
 #: Rates a slow local server reaches (tokens/s) — the automatic timeout assumes them, so that
-#: a CPU-only llama.cpp server finishes in time (measured here: ~200 prompt and ~26
-#: completion tokens/s for SmolLM2-135M on 2 idle cores, 3–5x less when the cores are
-#: shared). A generous timeout costs nothing when the server is fast; a short one costs the
-#: whole request, which a single-slot server keeps computing after the client gave up.
-SLOW_PROMPT_TPS = 40.0
-SLOW_COMPLETION_TPS = 8.0
+#: a CPU-only llama.cpp server finishes in time. Measured here for SmolLM2-135M
+#: (llama-cpp-python, 2 cores shared with other work, load average 8–9): 19–30 prompt
+#: tokens/s, and 1–1.3 completion tokens/s under a JSON-schema grammar (85 without one on an
+#: idle machine). A generous timeout costs nothing when the server is fast; a short one costs
+#: the whole request, which a single-slot server keeps computing after the client gave up
+#: (measured: two 135 s timeouts in a row, both requests then answered 200 to nobody).
+SLOW_PROMPT_TPS = 15.0
+SLOW_COMPLETION_TPS = 1.0
 TIMEOUT_FLOOR = 60.0  # seconds on top, for queueing and model load
 
 
@@ -359,6 +364,7 @@ class LLMClient:
         self._answered = 0  # requests answered (provider or cache)
         self._failed = 0
         self.first_error: str | None = None  # the advice line of the first failed request
+        self._halt = threading.Event()  # set by a fatal failure: queued requests are skipped
 
     def _candidates(self) -> list[str]:
         """Modes "auto" tries on its first request, best first."""
@@ -428,6 +434,8 @@ class LLMClient:
                 limit = _MAX_RETRIES[kind]
                 limit = cfg.max_retries if limit is None else min(limit, cfg.max_retries)
                 if probing and kind in ("rejected", "server", "other"):
+                    limit = 0
+                if kind == "timeout" and self._answered == 0:
                     limit = 0
                 if attempt >= limit:
                     raise _RequestFailed(kind, _advice(exc, cfg, attempt + 1, timeout)) \
@@ -539,6 +547,7 @@ class LLMClient:
         if not todo:
             return replies  # type: ignore[return-value]
         fatal: LLMError | None = None
+        self._halt.clear()
         if self.mode is None and any(asks[i].schema is not None for i in todo):
             first, todo = todo[0], todo[1:]  # the probe runs alone, the others use its mode
             fatal = self._one(first, message_lists, asks, replies, on_reply, tolerate)
@@ -568,6 +577,8 @@ class LLMClient:
     def _one(self, i, message_lists, asks, replies, on_reply, tolerate) -> LLMError | None:
         """Request ``i``; stores its reply; returns the error that must stop the run, if any."""
         cfg = self.config
+        if self._halt.is_set():
+            return None
         try:
             reply = self._call(message_lists[i], asks[i])
         except _RequestFailed as e:
@@ -579,9 +590,12 @@ class LLMClient:
                 if self.first_error is None:
                     self.first_error = str(e)
                 hopeless = self._answered == 0 and self._failed >= FAIL_FAST_AFTER
-            if not tolerate or e.kind in FATAL:
+            if not tolerate or e.kind in FATAL or (e.kind == "timeout" and
+                                                   self._answered == 0):
+                self._halt.set()
                 return LLMError(str(e))
             if hopeless:
+                self._halt.set()
                 return LLMError(f"the first {self._failed} LLM requests all failed, nothing "
                                 f"came from the model; stopping. First failure: "
                                 f"{self.first_error}")
