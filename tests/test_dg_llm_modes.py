@@ -192,7 +192,7 @@ def test_structured_output_is_detected_and_reported(traffic, tmp_path):
         if rf and rf["type"] == "json_schema":
             return Status(400, "response_format json_schema is not supported")
         agents = [int(a) for a in re.findall(r"^Agent_(\d+): from", body["messages"][1][
-            "content"], re.M)]
+            "content"], re.MULTILINE)]
         plan = {f"Agent_{i}": g.shortest_path(int(d.origin[i]), int(d.destination[i]))[1:]
                 for i in agents}
         return Reply(json.dumps(plan))
@@ -278,7 +278,7 @@ def test_coordinated_chunks_see_earlier_loads(traffic, tmp_path):
 
     def script(index, body):
         agents = [int(a) for a in re.findall(r"^Agent_(\d+): from", body["messages"][1][
-            "content"], re.M)]
+            "content"], re.MULTILINE)]
         return Reply("\n".join(f"[MoveTo, Intersection_{v}, Agent_{i}]" for i in agents
                                for v in g.shortest_path(int(d.origin[i]),
                                                         int(d.destination[i]))[1:]))

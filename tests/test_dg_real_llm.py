@@ -65,8 +65,8 @@ def test_local_server_is_stopped_after_the_block():
         pytest.skip("only for LEED_TEST_LLM_MODEL=local")
     import urllib.request
 
-    with local_server(MODEL) as (_, url):
-        with urllib.request.urlopen(url + "/models", timeout=5) as r:
-            assert r.status == 200
+    with local_server(MODEL) as (_, url), urllib.request.urlopen(url + "/models",
+                                                                  timeout=5) as r:
+        assert r.status == 200
     with pytest.raises(OSError):
         urllib.request.urlopen(url + "/models", timeout=2)

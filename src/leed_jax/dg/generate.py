@@ -53,10 +53,9 @@ import numpy as np
 
 from leed_jax.dg.buffer import DemoBuffer, array_summary, from_transitions, save_demos
 from leed_jax.dg.cache import default_cache_dir
-from leed_jax.dg.errors import DGError
+from leed_jax.dg.errors import DGError, LLMError
 from leed_jax.dg.executor import ExpertRollout, executor_for
 from leed_jax.dg.family import DGFamily, family_for
-from leed_jax.dg.errors import LLMError
 from leed_jax.dg.instructions import ParsedReply, ParseIssue, parse_instructions, structured_to_text
 from leed_jax.dg.llm import MAX_STORED_CHARS, LLMClient, LLMConfig, is_local, safe_api_base
 from leed_jax.dg.prompts import load_prompts
@@ -301,7 +300,7 @@ def run_dg(cfg: DemoConfig, env=None) -> DGResult:
             total = cfg.rounds * len(episodes) * len(chunks)
         with _progress(cfg.progress, total) as bar:
             task = bar.add_task("llm", total=total)
-            advance = lambda *_: bar.advance(task)  # noqa: E731
+            advance = lambda *_: bar.advance(task)
             for r in range(1, cfg.rounds + 1):
                 rows, reports = [], []
                 if granularity == "next-hop":

@@ -57,7 +57,7 @@ def _free_port() -> int:
 
 def _ready(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url + "/models", timeout=2) as r:  # noqa: S310 — loopback
+        with urllib.request.urlopen(url + "/models", timeout=2) as r:
             return r.status == 200
     except OSError:
         return False
@@ -88,7 +88,7 @@ def local_server(model: str = "local", *, n_ctx: int = N_CTX,
            "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx),
            "--n_threads", str(max(1, min(8, os.cpu_count() or 1)))]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,  # noqa: S603
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         t0 = time.monotonic()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from functools import cached_property
 
 import numpy as np
@@ -97,7 +98,7 @@ class TrafficDG:
         loads = np.zeros(g.num_links)
         for i in agents:
             p = plans[i]
-            for u, v in zip(p[:-1], p[1:]):
+            for u, v in itertools.pairwise(p):
                 e = g.link_index(u, v)
                 if e >= 0:
                     loads[e] += 1
@@ -126,7 +127,7 @@ class TrafficDG:
         arrived = np.asarray(rollout.extras["arrived"])
         free = self.graph.tt[self.origin, self.destination]
         vehicles = "\n".join(
-            f"Agent_{i}: {tt[i]:.0f} s (fastest {free[i]:.0f} s)"
+            f"Agent_{i}: {tt[i]:.0f} s (free-flow {free[i]:.0f} s)"
             + ("" if arrived[i] else ", did NOT arrive") for i in agents)
         peak = np.asarray(rollout.extras["peak_link_counts"])
         ratio = peak / np.maximum(self.graph.link_capacity, 1e-9)
