@@ -10,6 +10,7 @@ stage each with the LLM source and the run's defaults, then per scenario:
   share_from_model          agents (× episodes) whose final plan came from the model, repaired
                             or not — not the planner fallback
   share_valid_before_repair plans the model wrote that needed no repair
+  share_with_a_model_decision  (next-hop) model plans with at least one choice the model made
   repairs_by_kind           problems found, by kind (dropped instructions, invalid choices, ...)
   requests / calls / failed_requests / prompt_tokens / completion_tokens / wall_s
   return_llm / return_planner / return_random
@@ -119,6 +120,10 @@ def bench(scenario: str, args, model: str, api_base: str | None, cache: Path) ->
     if nh:
         out["next_hop"] = {k: sum(r[k] for r in nh) for k in nh[0] if k not in ("round",
                                                                                  "episode")}
+        # Model plans in which the model made at least one choice (the rest had only one
+        # road at every intersection: their route was forced, though it counts as the model's).
+        forced_only = out["next_hop"]["vehicles_without_choice"]
+        out["share_with_a_model_decision"] = (s["covered_by_model"] - forced_only) / plans
     return out
 
 
