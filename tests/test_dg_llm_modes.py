@@ -332,3 +332,88 @@ def test_refinement_keeps_the_best_whole_round(traffic, tmp_path):
     # The buffer holds that round exactly as it was simulated — nothing stitched.
     assert r.meta["metrics"] == r.meta["round_metrics"][best - 1]
     assert r.meta["dg_report"] == r.meta["round_dg_reports"][best - 1]
+
+
+# ---------------------------------------------------------------------------- --model local
+FAKE_SERVER = '''
+import argparse, json, os
+from http.server import BaseHTTPRequestHandler, HTTPServer
+p = argparse.ArgumentParser()
+for a in ("--model", "--host", "--port", "--n_ctx", "--n_threads"):
+    p.add_argument(a)
+args = p.parse_args()
+assert args.host == "127.0.0.1"
+open(os.environ["FAKE_PID_FILE"], "w").write(str(os.getpid()))
+
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+    def _send(self, obj):
+        data = json.dumps(obj).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def do_GET(self):
+        self._send({"data": [{"id": "fake"}]})
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._send({"id": "x", "object": "chat.completion", "created": 0, "model": "fake",
+                    "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                        "role": "assistant", "content": "[MoveTo, Landmark_1, Agent_0]"}}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+
+HTTPServer((args.host, int(args.port)), H).serve_forever()
+'''
+
+
+def test_model_local_starts_and_stops_a_server_on_loopback(spread, tmp_path, monkeypatch):
+    """``--model local:PATH`` runs ``python -m llama_cpp.server`` on 127.0.0.1 for the run (a
+    stand-in module here: the real one is the opt-in test's) and stops it afterwards."""
+    import os
+    import time
+
+    pkg = tmp_path / "fake" / "llama_cpp"
+    (pkg / "server").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "server" / "__init__.py").write_text("")
+    (pkg / "server" / "__main__.py").write_text(FAKE_SERVER)
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF")
+    monkeypatch.syspath_prepend(str(tmp_path / "fake"))
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path / 'fake'}{os.pathsep}"
+                       f"{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("FAKE_PID_FILE", str(tmp_path / "pid"))
+    r = run_dg(DemoConfig(scenario="mpe-spread", out=tmp_path / "d", source="llm",
+                          model=f"local:{gguf}", episodes=1, cache_dir=tmp_path / "c",
+                          progress=False), env=spread)
+    assert r.meta["model"] == "openai/tiny" and r.meta["api_base"].startswith("http://127.0.0.1:")
+    assert r.meta["llm_mode"]["concurrency"] == 1 and r.meta["dg_report"]["covered_by_model"] == 1
+    pid = int((tmp_path / "pid").read_text())
+    for _ in range(50):  # stopped when the run ended
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the local server is still running")
+
+
+def test_model_local_errors_are_one_line(spread, tmp_path, monkeypatch):
+    from leed_jax.dg.errors import DGError
+
+    with pytest.raises(DGError, match="leave out --api-base"):
+        run_dg(DemoConfig(scenario="x", out=tmp_path, source="llm", model="local",
+                          api_base="http://127.0.0.1:1/v1"), env=spread)
+    with pytest.raises(DGError, match="no GGUF file"):
+        run_dg(DemoConfig(scenario="x", out=tmp_path, source="llm",
+                          model="local:/no/such.gguf"), env=spread)
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    with pytest.raises(DGError, match=r'pip install -e "\.\[local-llm\]"'):
+        run_dg(DemoConfig(scenario="x", out=tmp_path, source="llm", model="local"), env=spread)

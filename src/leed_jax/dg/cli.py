@@ -161,7 +161,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.out is None:
             parser.error("--out is required (or --check BUFFER)")
         from leed_jax.dg.generate import DemoConfig, run_dg
-        from leed_jax.dg.local_server import is_local_model, local_server
 
         cfg = DemoConfig(
             scenario=args.scenario, out=args.out, source=args.source, model=args.model,
@@ -175,17 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             decisions_per_request=args.decisions_per_request,
             cache_dir=args.cache_dir, prompts_dir=args.prompts_dir,
             progress=not args.no_progress)
-        cfg.check()
-        model = cfg.resolve_source()[1]
-        if is_local_model(model):
-            if args.api_base:
-                raise ValueError("--model local starts its own server: leave out --api-base")
-            with local_server(model) as (name, url):
-                import dataclasses
-
-                result = run_dg(dataclasses.replace(cfg, model=name, api_base=url))
-        else:
-            result = run_dg(cfg)
+        result = run_dg(cfg)  # --model local: run_dg starts and stops the server
     except LLMError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -244,6 +244,15 @@ def run_dg(cfg: DemoConfig, env=None) -> DGResult:
     e.g. to share its compiled executor). Returns the buffer, its metadata and the reports."""
     cfg.check()
     source, model = cfg.resolve_source()
+    from leed_jax.dg.local_server import is_local_model, local_server
+
+    if source == "llm" and is_local_model(model):  # "local": a llama.cpp server for this run
+        if cfg.api_base:
+            raise DGError("--model local starts its own server on 127.0.0.1: leave out "
+                          "--api-base")
+        with local_server(model) as (name, url):
+            return run_dg(dataclasses.replace(cfg, source="llm", model=name, api_base=url),
+                          env=env)
     t0 = time.perf_counter()
     if env is None:
         from leed_jax.envs.registry import make_env
