@@ -59,11 +59,11 @@ def _free_port():
 
 
 def _schema_answer(body, pick=0):
-    """Answer a structured request with option ``pick`` of every enum in its schema."""
+    """Answer a structured next-hop request with option ``pick`` of every decision."""
     rf = body.get("response_format") or {}
     schema = rf.get("schema") or rf.get("json_schema", {}).get("schema") or {}
-    return json.dumps({k: v["enum"][min(pick, len(v["enum"]) - 1)]
-                       for k, v in schema.get("properties", {}).items()})
+    items = schema["properties"]["answers"]["prefixItems"]
+    return json.dumps({"answers": [v["enum"][min(pick, len(v["enum"]) - 1)] for v in items]})
 
 
 def _client(srv, tmp_path, **kw):
@@ -259,6 +259,8 @@ def test_next_hop_bad_answers_are_repaired_and_counted(traffic, tmp_path):
 def test_parse_answers_text_and_json():
     assert parse_answers('D1: A\nD2 = "c"\nD2: B\nD9: A', 3) == {1: "A", 2: "C"}
     assert parse_answers('{"D1": "B", "D3": "A"}', 3) == {1: "B", 3: "A"}
+    assert parse_answers('{"answers": ["B", "a", "C", "A"]}', 3) == {1: "B", 2: "A", 3: "C"}
+    assert parse_answers('{"answers": ["B", "C", "A', 3) == {1: "B", 2: "C"}  # cut off
 
 
 def test_granularity_default_follows_model_size():

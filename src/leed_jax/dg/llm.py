@@ -334,7 +334,7 @@ class _RequestFailed(Exception):
 def _response_format(mode: str, schema: Mapping[str, Any]) -> dict:
     if mode == "json_schema":
         return {"type": "json_schema",
-                "json_schema": {"name": "plan", "schema": dict(schema), "strict": True}}
+                "json_schema": {"name": "plan", "schema": dict(schema), "strict": False}}
     return {"type": "json_object", "schema": dict(schema)}
 
 
