@@ -419,3 +419,22 @@ def test_model_local_errors_are_one_line(spread, tmp_path, monkeypatch):
                         lambda name, *a: None if name == "llama_cpp" else real(name, *a))
     with pytest.raises(DGError, match=r'pip install -e "\.\[local-llm\]"'):
         run_dg(DemoConfig(scenario="x", out=tmp_path, source="llm", model="local"), env=spread)
+
+
+def test_cli_summary_names_the_mode_and_rejects_bad_llm_flags(tmp_path, capsys):
+    with ScriptedLLMServer([Reply('{"Agent_0": 1, "Agent_1": 0, "Agent_2": 2}')]) as srv:
+        code = cli.main(["--scenario", "mpe-spread", "--source", "llm", "--model",
+                         "openai/x", "--api-base", srv.url, "--episodes", "1", "--out",
+                         str(tmp_path / "d"), "--cache-dir", str(tmp_path / "c"), "--quiet",
+                         "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "mode: route, structured (json_schema) output, concurrency 1" in out
+    assert "agents covered by the model: 3 / 3" in out and "0 failed requests" in out
+    for flag, value in [("--timeout", "nan"), ("--timeout", "-1"), ("--concurrency", "0"),
+                        ("--max-tokens", "0"), ("--decisions-per-request", "0")]:
+        code = cli.main(["--scenario", "mpe-spread", "--source", "llm", "--model", "openai/x",
+                         "--out", str(tmp_path / "e"), flag, value, "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1, (flag, err)
+        assert not (tmp_path / "e").exists()
