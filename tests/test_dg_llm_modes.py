@@ -233,6 +233,8 @@ def test_next_hop_decisions_build_every_route(traffic, tmp_path):
     assert r.meta["metrics"]["arrival_rate"] == 1.0
     stats = mode["next_hop"][0]
     assert stats["decisions"] > 0 and stats["repaired"] == 0
+    assert 0 < stats["chance_fastest"] <= stats["decisions"]
+    assert 0 <= stats["picked_fastest"] <= stats["decisions"]
     assert stats["requests"] == len(bodies)
     # The prompt lists options with time and load; later requests see earlier decisions.
     first = bodies[0]["messages"][1]["content"]

@@ -55,6 +55,10 @@ class NextHopStats:
     forced: int = 0  # hops with a single option (not asked)
     repaired: int = 0  # answers missing or not among the options
     vehicles_without_choice: int = 0  # routes made only of forced hops
+    # Is the model choosing or guessing? Answers that picked an option of least free-flow time
+    # to the destination, against the number a uniform guess would pick on average.
+    picked_fastest: int = 0
+    chance_fastest: float = 0.0
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -153,6 +157,10 @@ def plan_round(
                 asked[i] += 1
                 letter = answers.get(k)
                 pick = LETTERS.index(letter) if letter and letter in LETTERS else -1
+                rest = [g.link_tfree[e] + tt[v, dest[i]] for v, e in opts]
+                fastest = {j for j, t in enumerate(rest) if t <= min(rest) + 1e-6}
+                stats.chance_fastest += len(fastest) / len(opts)
+                stats.picked_fastest += int(pick in fastest)
                 if not 0 <= pick < len(opts):
                     repairs[i] += 1
                     stats.repaired += 1
