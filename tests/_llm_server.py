@@ -54,7 +54,7 @@ class RawJSON:
 
 @dataclasses.dataclass(frozen=True)
 class EchoHeaders:
-    prefix: str = ""
+    prefix: str = "[MoveTo, Landmark_0, Agent_0]"
 
 
 Action = Reply | Status | Stall | Garbage | RawJSON | EchoHeaders
@@ -109,8 +109,11 @@ class ScriptedLLMServer:
                 if isinstance(action, RawJSON):
                     return self._send(200, action.payload)
                 if isinstance(action, EchoHeaders):
-                    quoted = "; ".join(f"{k}: {v}" for k, v in self.headers.items())
-                    action = Reply(f"{action.prefix}[MoveTo, Landmark_0, Agent_0] {quoted}")
+                    # The Authorization header first, inside brackets: the reader quotes the
+                    # line's head in its report of a line it cannot read.
+                    items = sorted(self.headers.items(), key=lambda kv: kv[0] != "Authorization")
+                    quoted = "; ".join(f"{k}: {v}" for k, v in items)
+                    action = Reply(f"{action.prefix}\n[{quoted}]")
                 content = action.text
                 return self._send(200, {
                     "id": f"chatcmpl-{index}",

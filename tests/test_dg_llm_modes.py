@@ -34,11 +34,6 @@ def traffic():
     return leed_jax.make_env("traffic-grid", num_agents=20)
 
 
-@pytest.fixture(scope="module")
-def spread():
-    return leed_jax.make_env("mpe-spread")
-
-
 def _run(env, tmp_path, srv, **kw):
     opts = {"source": "llm", "model": "openai/test-model", "api_base": srv.url,
             "cache_dir": tmp_path / "cache", "progress": False, "backoff_base": 0.01,
@@ -77,14 +72,15 @@ MSGS = [{"role": "user", "content": "plan"}]
 
 
 # ---------------------------------------------------------------------------- #13 faults
-def test_key_echoed_by_the_server_never_reaches_disk(spread, tmp_path):
-    with ScriptedLLMServer([EchoHeaders()]) as srv:
-        r = _run(spread, tmp_path, srv, episodes=1, structured="off")
+def test_key_echoed_by_the_server_never_reaches_disk(traffic, tmp_path):
+    with ScriptedLLMServer([EchoHeaders("[MoveTo, Intersection_1, Agent_0]")]) as srv:
+        r = _run(traffic, tmp_path, srv, granularity="route", structured="off")
         assert srv.headers[0]["Authorization"] == f"Bearer {SECRET}"  # it did echo the key
-    text = _files(tmp_path)
-    assert "Bearer ***" in text  # the echo was stored, redacted: in the cache and the report
-    assert SECRET not in text
-    assert r.meta["dg_report"]["covered_by_model"] >= 1
+    # The echo was stored, redacted: in the cache and in the report's quote of the bad line.
+    assert "Bearer ***" in _files(tmp_path / "cache")
+    assert "Bearer ***" in (r.path / "dg_report.json").read_text()
+    assert SECRET not in _files(tmp_path)
+    assert r.meta["dg_report"]["covered_by_model"] == 1
 
 
 def test_empty_choices_is_a_counted_bad_reply_not_a_crash(tmp_path):
@@ -365,14 +361,14 @@ class H(BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self._send({"id": "x", "object": "chat.completion", "created": 0, "model": "fake",
                     "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                        "role": "assistant", "content": "[MoveTo, Landmark_1, Agent_0]"}}],
+                        "role": "assistant", "content": '{"answers": ["A"]}'}}],
                     "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
 
 HTTPServer((args.host, int(args.port)), H).serve_forever()
 '''
 
 
-def test_model_local_starts_and_stops_a_server_on_loopback(spread, tmp_path, monkeypatch):
+def test_model_local_starts_and_stops_a_server_on_loopback(traffic, tmp_path, monkeypatch):
     """``--model local:PATH`` runs ``python -m llama_cpp.server`` on 127.0.0.1 for the run (a
     stand-in module here: the real one is the opt-in test's) and stops it afterwards."""
     import os
@@ -389,11 +385,13 @@ def test_model_local_starts_and_stops_a_server_on_loopback(spread, tmp_path, mon
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path / 'fake'}{os.pathsep}"
                        f"{os.environ.get('PYTHONPATH', '')}")
     monkeypatch.setenv("FAKE_PID_FILE", str(tmp_path / "pid"))
-    r = run_dg(DemoConfig(scenario="mpe-spread", out=tmp_path / "d", source="llm",
-                          model=f"local:{gguf}", episodes=1, cache_dir=tmp_path / "c",
-                          progress=False), env=spread)
+    r = run_dg(DemoConfig(scenario="traffic-grid", out=tmp_path / "d", source="llm",
+                          model=f"local:{gguf}", cache_dir=tmp_path / "c", progress=False),
+               env=traffic)
     assert r.meta["model"] == "openai/tiny" and r.meta["api_base"].startswith("http://127.0.0.1:")
-    assert r.meta["llm_mode"]["concurrency"] == 1 and r.meta["dg_report"]["covered_by_model"] == 1
+    mode = r.meta["llm_mode"]
+    assert mode["concurrency"] == 1 and mode["granularity"] == "next-hop"
+    assert r.meta["dg_report"]["covered_by_model"] == 20
     pid = int((tmp_path / "pid").read_text())
     for _ in range(50):  # stopped when the run ended
         try:
@@ -405,34 +403,30 @@ def test_model_local_starts_and_stops_a_server_on_loopback(spread, tmp_path, mon
         pytest.fail("the local server is still running")
 
 
-def test_model_local_errors_are_one_line(spread, tmp_path, monkeypatch):
+def test_model_local_errors_are_one_line(traffic, tmp_path, monkeypatch):
     from leed_jax.dg.errors import DGError
 
     with pytest.raises(DGError, match="leave out --api-base"):
         run_dg(DemoConfig(scenario="x", out=tmp_path, source="llm", model="local",
-                          api_base="http://127.0.0.1:1/v1"), env=spread)
+                          api_base="http://127.0.0.1:1/v1"), env=traffic)
     with pytest.raises(DGError, match="no GGUF file"):
         run_dg(DemoConfig(scenario="x", out=tmp_path, source="llm",
-                          model="local:/no/such.gguf"), env=spread)
+                          model="local:/no/such.gguf"), env=traffic)
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "llama_cpp" else real(name, *a))
     with pytest.raises(DGError, match=r'pip install -e "\.\[local-llm\]"'):
-        run_dg(DemoConfig(scenario="x", out=tmp_path, source="llm", model="local"), env=spread)
+        run_dg(DemoConfig(scenario="x", out=tmp_path, source="llm", model="local"), env=traffic)
 
 
-def test_cli_summary_names_the_mode_and_rejects_bad_llm_flags(tmp_path, capsys):
-    with ScriptedLLMServer([Reply('{"Agent_0": 1, "Agent_1": 0, "Agent_2": 2}')]) as srv:
-        code = cli.main(["--scenario", "mpe-spread", "--source", "llm", "--model",
-                         "openai/x", "--api-base", srv.url, "--episodes", "1", "--out",
-                         str(tmp_path / "d"), "--cache-dir", str(tmp_path / "c"), "--quiet",
-                         "--no-progress"])
-    out = capsys.readouterr().out
-    assert code == 0
-    assert "mode: route, structured (json_schema) output, concurrency 1" in out
-    assert "agents covered by the model: 3 / 3" in out and "0 failed requests" in out
+def test_cli_summary_names_the_mode_and_rejects_bad_llm_flags(traffic, tmp_path, capsys):
+    with ScriptedLLMServer(lambda i, body: Reply(_schema_answer(body))) as srv:
+        r = _run(traffic, tmp_path, srv)  # the defaults against a local server
+    out = "\n".join(cli.summary_lines(r.meta, r.path))
+    assert "mode: next-hop, structured (json_schema) output, concurrency 1" in out
+    assert "agents covered by the model: 20 / 20" in out and "0 failed requests" in out
     for flag, value in [("--timeout", "nan"), ("--timeout", "-1"), ("--concurrency", "0"),
                         ("--max-tokens", "0"), ("--decisions-per-request", "0")]:
         code = cli.main(["--scenario", "mpe-spread", "--source", "llm", "--model", "openai/x",
