@@ -13,6 +13,7 @@ stage each with the LLM source and the run's defaults, then per scenario:
   share_with_a_model_decision  (next-hop) model plans with at least one choice the model made
   next_hop.picked_fastest / chance_fastest  (next-hop) answers that chose an option of least
                             free-flow time to the destination, and what uniform guessing gives
+  next_hop.picked_least_loaded / chance_least_loaded  the same for the least loaded option
   repairs_by_kind           problems found, by kind (dropped instructions, invalid choices, ...)
   requests / calls / failed_requests / prompt_tokens / completion_tokens / wall_s
   return_llm / return_planner / return_random

@@ -59,6 +59,9 @@ class NextHopStats:
     # to the destination, against the number a uniform guess would pick on average.
     picked_fastest: int = 0
     chance_fastest: float = 0.0
+    # The same for the option with the fewest vehicles planned on it (relative to capacity).
+    picked_least_loaded: int = 0
+    chance_least_loaded: float = 0.0
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -161,6 +164,10 @@ def plan_round(
                 fastest = {j for j, t in enumerate(rest) if t <= min(rest) + 1e-6}
                 stats.chance_fastest += len(fastest) / len(opts)
                 stats.picked_fastest += int(pick in fastest)
+                ratio = [loads[e] / max(g.link_capacity[e], 1e-9) for _, e in opts]
+                emptiest = {j for j, x in enumerate(ratio) if x <= min(ratio) + 1e-9}
+                stats.chance_least_loaded += len(emptiest) / len(opts)
+                stats.picked_least_loaded += int(pick in emptiest)
                 if not 0 <= pick < len(opts):
                     repairs[i] += 1
                     stats.repaired += 1
