@@ -139,15 +139,24 @@ def summary_lines(meta: dict, path: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    from leed_jax.dg.errors import DGError, LLMError
-    from leed_jax.envs.base import ScenarioError
-
+    lg = logging.getLogger("leed_jax.dg")
+    handler = None
     if not args.quiet:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
-        lg = logging.getLogger("leed_jax.dg")
         lg.addHandler(handler)
         lg.setLevel(logging.INFO)
+    try:
+        return _main(parser, args)
+    finally:
+        if handler is not None:  # a library caller's later runs must not log to this stream
+            lg.removeHandler(handler)
+
+
+def _main(parser: argparse.ArgumentParser, args) -> int:
+    from leed_jax.dg.errors import DGError, LLMError
+    from leed_jax.envs.base import ScenarioError
+
     try:
         overrides = _overrides(args)
         if args.check is not None:
