@@ -72,9 +72,11 @@ def tree_costs(g: Graph, cost: jax.Array, tree: jax.Array) -> jax.Array:
     own = jnp.where(tree == e, jnp.where(is_origin, 0.0, jnp.inf), jnp.concatenate([cost, jnp.zeros((1,), cost.dtype)])[tree])
     d = jnp.concatenate([own, jnp.zeros((1, num_o), cost.dtype)])  # [V+1, O]; row V: above the root
     anc = jnp.concatenate([src_p[tree], jnp.full((1, num_o), v, jnp.int32)])
-    for _ in range(_doublings(v)):
-        d = d + jnp.take_along_axis(d, anc, axis=0)
-        anc = jnp.take_along_axis(anc, anc, axis=0)
+    def jump(_, c):
+        d, anc = c
+        return d + jnp.take_along_axis(d, anc, axis=0), jnp.take_along_axis(anc, anc, axis=0)
+
+    d, _ = jax.lax.fori_loop(0, _doublings(v), jump, (d, anc))
     return d[:v]
 
 
@@ -126,10 +128,12 @@ def load(g: Graph, tree: jax.Array) -> jax.Array:
     cols = jnp.arange(num_o)[None, :]
     anc = jnp.concatenate([src_p[tree], jnp.full((1, num_o), v, jnp.int32)])  # [V+1, O] parent; V = none
     x = jnp.concatenate([g.node_demand.T, jnp.zeros((1, num_o), g.node_demand.dtype)])  # [V+1, O]
-    for _ in range(_doublings(v)):
+    def push(_, c):
+        x, anc = c
         pushed = jax.ops.segment_sum(x.reshape(-1), (anc * num_o + cols).reshape(-1), num_segments=(v + 1) * num_o)
-        x = x + pushed.reshape(v + 1, num_o).at[v].set(0.0)
-        anc = jnp.take_along_axis(anc, anc, axis=0)
+        return x + pushed.reshape(v + 1, num_o).at[v].set(0.0), jnp.take_along_axis(anc, anc, axis=0)
+
+    x, _ = jax.lax.fori_loop(0, _doublings(v), push, (x, anc))
     flow = jax.ops.segment_sum(x[:v].reshape(-1), tree.reshape(-1), num_segments=e + 1)
     return flow[:e]
 

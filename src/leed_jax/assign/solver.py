@@ -128,18 +128,18 @@ def _dpow(r, p):
     return jnp.where(p == 0, 0.0, jnp.where(r > 0, p * safe ** (p - 1.0), jnp.where(p == 1, 1.0, 0.0)))
 
 
-def _cost(links: Links, x, so: bool):
-    """The cost equilibrated: travel time (UE) or marginal cost ``t + x t'`` (SO)."""
+def _cost(links: Links, x, so):
+    """The cost equilibrated: travel time (UE) or marginal cost ``t + x t'`` (SO). ``so`` may be
+    traced, so one compiled program serves both objectives."""
     r = jnp.maximum(x, 0.0) / links.cap
-    if so:
-        return links.t0 * (1.0 + links.b * (1.0 + links.power) * _pow(r, links.power))
-    return bpr_time(links, x)
+    k = jnp.where(so, 1.0 + links.power, 1.0)
+    return links.t0 * (1.0 + links.b * k * _pow(r, links.power))
 
 
-def _dcost(links: Links, x, so: bool):
+def _dcost(links: Links, x, so):
     """d cost / dx [E]: the diagonal Hessian of the objective."""
     r = jnp.maximum(x, 0.0) / links.cap
-    k = (1.0 + links.power) if so else 1.0
+    k = jnp.where(so, 1.0 + links.power, 1.0)
     return links.t0 * links.b * k * _dpow(r, links.power) / links.cap
 
 
@@ -149,7 +149,7 @@ def beckmann(links: Links, x):
     return jnp.sum(links.t0 * x * (1.0 + links.b * _pow(r, links.power) / (links.power + 1.0)))
 
 
-def _line_search(links: Links, x, d, so: bool):
+def _line_search(links: Links, x, d, so):
     """Exact step τ ∈ [0, 1] minimising the objective along ``x + τ d`` (bisection on its
     derivative ``d · c(x + τ d)``, which is non-decreasing in τ)."""
     slope = lambda tau: jnp.dot(d, _cost(links, x + tau * d, so))
@@ -164,7 +164,7 @@ def _line_search(links: Links, x, d, so: bool):
     return jnp.where(slope(1.0) <= 0, 1.0, 0.5 * (lo + hi))
 
 
-def _direction(links: Links, st: SolverState, y, so: bool, max_kind: int):
+def _direction(links: Links, st: SolverState, y, so, max_kind):
     """Target ``s`` of this iteration and the kind actually used (Mitradjieva & Lindberg 2013)."""
     x, s1, s2, tau = st.x, st.s1, st.s2, st.tau
     h = _dcost(links, x, so)
@@ -188,7 +188,7 @@ def _direction(links: Links, st: SolverState, y, so: bool, max_kind: int):
     return jnp.where(bad, y, s), jnp.where(bad, _FW, kind)
 
 
-def _step(links: Links, st: SolverState, y, spt, tree, so: bool, max_kind: int):
+def _step(links: Links, st: SolverState, y, spt, tree, so, max_kind):
     """Given the all-or-nothing flows ``y`` and shortest-path total ``spt`` at ``st.x``: the gap
     of ``st.x``, then one move along the (bi)conjugate direction with an exact line search."""
     c = _cost(links, st.x, so)
@@ -203,43 +203,40 @@ def _step(links: Links, st: SolverState, y, spt, tree, so: bool, max_kind: int):
     return new, st.x, gap
 
 
-def _make_chunk(g: Graph, links: Links, so: bool, max_kind: int):
-    """jit: iterate (all-or-nothing in JAX) until the gap of the current flows is ≤ ``target`` or
+@jax.jit
+def _chunk(g: Graph, links: Links, st: SolverState, target, limit, so, max_kind):
+    """Iterate (all-or-nothing in JAX) until the gap of the current flows is ≤ ``target`` or
     ``st.it`` reaches ``limit``. Returns the new state, the flows whose gap was measured last
-    (the answer when it meets the target) and that gap."""
+    (the answer when it meets the target) and that gap. Everything is an argument (no
+    closed-over constants), so one compilation serves every problem of the same sizes and both
+    objectives and methods."""
 
-    @jax.jit
-    def chunk(st: SolverState, target, limit):
-        def cond(c):
-            st, _, gap = c
-            return (gap > target) & (st.it < limit)
+    def cond(c):
+        st, _, gap = c
+        return (gap > target) & (st.it < limit)
 
-        def body(c):
-            st, _, _ = c
-            y, spt, tree = all_or_nothing(g, _cost(links, st.x, so), st.tree)
-            return _step(links, st, y, spt, tree, so, max_kind)
+    def body(c):
+        st, _, _ = c
+        y, spt, tree = all_or_nothing(g, _cost(links, st.x, so), st.tree)
+        return _step(links, st, y, spt, tree, so, max_kind)
 
-        return jax.lax.while_loop(cond, body, (st, st.x, st.gap))
-
-    return chunk
+    return jax.lax.while_loop(cond, body, (st, st.x, st.gap))
 
 
-def _make_host_chunk(problem: AssignmentProblem, links: Links, so: bool, max_kind: int):
+_first_loading = jax.jit(lambda g, cost: all_or_nothing(g, cost))
+
+
+_host_cost = jax.jit(_cost)
+_host_step = jax.jit(lambda links, st, y, spt, so, max_kind: _step(links, st, y, spt, st.tree, so, max_kind))
+
+
+def _host_chunk(aon, links: Links, st: SolverState, target, limit, so, max_kind):
     """The same loop with the all-or-nothing loading on the host (scipy Dijkstra), the rest jitted."""
-    from leed_jax.assign.paths import HostAllOrNothing
-
-    aon = HostAllOrNothing(problem)
-    cost = jax.jit(lambda x: _cost(links, x, so))
-    step = jax.jit(lambda st, y, spt: _step(links, st, y, spt, st.tree, so, max_kind))
-
-    def chunk(st: SolverState, target, limit):
-        measured, gap = st.x, st.gap
-        while float(gap) > float(target) and int(st.it) < int(limit):
-            y, spt = aon(np.asarray(cost(st.x)))
-            st, measured, gap = step(st, jnp.asarray(y), jnp.float64(spt))
-        return st, measured, gap
-
-    return chunk
+    measured, gap = st.x, st.gap
+    while float(gap) > float(target) and int(st.it) < int(limit):
+        y, spt = aon(np.asarray(_host_cost(links, st.x, so)))
+        st, measured, gap = _host_step(links, st, jnp.asarray(y), jnp.float64(spt), so, max_kind)
+    return st, measured, gap
 
 
 def solve(
@@ -251,6 +248,7 @@ def solve(
     backend: str = "auto",
     chunk: int = 50,
     verbose: bool = False,
+    callback=None,
 ) -> AssignmentResult:
     """Solve a static assignment to relative ``gap`` (or ``max_iterations``).
 
@@ -264,6 +262,8 @@ def solve(
             loop), "scipy" (Dijkstra on the host, the rest jitted) or "auto" ("jax" up to 200
             nodes, where it is faster; "scipy" above — see ``benchmarks/assignment.py``).
         chunk: iterations per compiled call; progress goes to stderr between calls if ``verbose``.
+        callback: ``callback(iterations, gap, flow [E] numpy) -> bool`` after each chunk; True
+            stops the solve there (e.g. once the flows match a reference).
 
     ``seconds`` counts everything after compilation (the free-flow loading included);
     ``compile_seconds`` the compilation.
@@ -292,19 +292,24 @@ def solve(
             tree=jnp.full((v, num_o), problem.num_links, jnp.int32),
         )
         target = jnp.float64(gap)
+        so_a, kind_a = jnp.asarray(so), jnp.int32(max_kind)
         if backend == "jax":
-            first = jax.jit(lambda c: all_or_nothing(g, c)).lower(links.t0).compile()
-            runner = _make_chunk(g, links, so, max_kind).lower(st, target, jnp.int32(0)).compile()
+            first = lambda c: _first_loading(g, c)
+            runner = lambda st, target, limit: _chunk(g, links, st, target, limit, so_a, kind_a)
         else:
             from leed_jax.assign.paths import HostAllOrNothing
 
             host = HostAllOrNothing(problem)
             first = lambda c: (*map(jnp.asarray, host(np.asarray(c))), st.tree)
-            runner = _make_host_chunk(problem, links, so, max_kind)
-            runner(st, target, jnp.int32(2))  # compiles the jitted cost and step
+            runner = lambda st, target, limit: _host_chunk(host, links, st, target, limit, so_a, kind_a)
+        # Compile (or reuse the cached programs) before the clock starts: a zero-iteration call.
+        jax.block_until_ready(first(_cost(links, links.t0 * 0.0, so_a)))
+        jax.block_until_ready(runner(st, target, jnp.int32(0)))
+        if backend == "scipy":  # the host loop's jitted pieces compile on their first call
+            jax.block_until_ready(_host_step(links, st, _host_cost(links, st.x, so_a), jnp.float64(0.0), so_a, kind_a))
         compile_s = time.perf_counter() - t_start
         t0 = time.perf_counter()
-        x0, _, tree0 = first(_cost(links, links.t0 * 0.0, so))
+        x0, _, tree0 = first(_cost(links, links.t0 * 0.0, so_a))
         st = st._replace(x=x0, s1=x0, s2=x0, tree=tree0)
         x = x0
         history = []
@@ -318,6 +323,8 @@ def solve(
                 print(f"  [{problem.name} {objective} {method}/{backend}] iteration {int(st.it)}: relative gap "
                       f"{measured_gap:.3e} ({time.perf_counter() - t0:.2f} s)", file=sys.stderr, flush=True)
             if measured_gap <= gap:
+                break
+            if callback is not None and callback(int(st.it), measured_gap, np.asarray(x)):
                 break
         seconds = time.perf_counter() - t0
         # `x` is the flow whose gap was measured last; the state may hold one step more.

@@ -409,10 +409,11 @@ def tntp_demand(
     return Demand(origin[order].astype(np.int32), dest[order].astype(np.int32), departure[order].astype(np.int32))
 
 
-def scenario_demand(net_file: Path, table: dict, scenario_path: Path) -> Demand:
+def scenario_demand(net_file: Path, table: dict, scenario_path: Path, net_options: dict | None = None) -> Demand:
     """The ``[demand] kind = "tntp"`` table of a scenario: ``trips`` (path, relative to the
     scenario file), ``num_agents`` (default: one vehicle per trip), ``departure_window``
-    (steps), ``seed``."""
+    (steps), ``seed``. ``net_options``: the ``[network]`` table's reader options, so that zones
+    map to the same nodes as in the env's network."""
     known = {"kind", "trips", "num_agents", "departure_window", "seed"}
     unknown = sorted(set(table) - known)
     if unknown:
@@ -421,7 +422,10 @@ def scenario_demand(net_file: Path, table: dict, scenario_path: Path) -> Demand:
     if not trips:
         raise ScenarioError(f"{scenario_path}: [demand] kind 'tntp' needs trips = 'path/to/X_trips.tntp'")
     trips_path = Path(trips) if Path(trips).is_absolute() else scenario_path.parent / trips
-    tn = read_tntp_network(net_file)
+    try:
+        tn = read_tntp_network(net_file, **(net_options or {}))
+    except TypeError as exc:
+        raise ScenarioError(f"{scenario_path}: [network] {exc}") from None
     n = table.get("num_agents")
     return tntp_demand(
         tn,
