@@ -72,10 +72,10 @@ class AssignmentResult:
 
     flow [E], cost [E] (BPR travel time at ``flow``); relative_gap (of the objective solved);
     beckmann (Beckmann objective of ``flow``); tstt (total system travel time ``Σ x t(x)``);
-    mean_time (tstt / total demand); iterations (all-or-nothing loadings, the first at free
-    flow included; the flows returned are the ones the last loading measured); seconds (wall, compile included in
-    ``compile_seconds``); history: (iteration, relative gap, seconds) after each chunk;
-    converged: gap ≤ target.
+    mean_time (tstt / total demand); peak_vc (the largest volume / capacity ratio); iterations
+    (all-or-nothing loadings, the first at free flow included; the flows returned are the ones
+    the last loading measured); seconds (wall, after compilation); compile_seconds; history:
+    (iteration, relative gap, seconds) after each chunk; converged: gap ≤ target.
     """
 
     problem: str
@@ -88,6 +88,7 @@ class AssignmentResult:
     beckmann: float
     tstt: float
     mean_time: float
+    peak_vc: float
     iterations: int
     seconds: float
     compile_seconds: float
@@ -105,6 +106,7 @@ class AssignmentResult:
             "beckmann": self.beckmann,
             "tstt": self.tstt,
             "mean_time": self.mean_time,
+            "peak_vc": self.peak_vc,
             "iterations": self.iterations,
             "seconds": round(self.seconds, 4),
             "compile_seconds": round(self.compile_seconds, 3),
@@ -258,9 +260,11 @@ def solve(
         method: "bfw" (default), "cfw" or "fw" (see the module docstring).
         gap: target relative gap. max_iterations: cap on all-or-nothing loadings (1 = the
             loading at free flow).
-        backend: where the all-or-nothing loading runs: "jax" (Bellman–Ford in the jitted
-            loop), "scipy" (Dijkstra on the host, the rest jitted) or "auto" ("jax" up to 200
-            nodes, where it is faster; "scipy" above — see ``benchmarks/assignment.py``).
+        backend: where the all-or-nothing loading runs: "jax" (default: warm-started
+            Bellman–Ford inside the jitted loop) or "scipy" (Dijkstra on the host, the rest
+            jitted). Measured in ``benchmarks/assignment.py``: the jax loop is the faster per
+            iteration on both Sioux Falls and Anaheim (the host loop pays a device round trip
+            per iteration); "auto" = "jax".
         chunk: iterations per compiled call; progress goes to stderr between calls if ``verbose``.
         callback: ``callback(iterations, gap, flow [E] numpy) -> bool`` after each chunk; True
             stops the solve there (e.g. once the flows match a reference).
@@ -277,7 +281,7 @@ def solve(
     if not gap > 0 or max_iterations < 1 or chunk < 1:
         raise ScenarioError(f"need gap > 0, max_iterations ≥ 1 and chunk ≥ 1 (got {gap}, {max_iterations}, {chunk})")
     if backend == "auto":
-        backend = "jax" if problem.num_nodes <= 200 else "scipy"
+        backend = "jax"
     so = objective == "so"
     max_kind = METHODS.index(method)
     with jax.enable_x64(True):
@@ -344,6 +348,7 @@ def solve(
         beckmann=bk,
         tstt=tstt,
         mean_time=tstt / total if total > 0 else 0.0,
+        peak_vc=float((flow / problem.capacity).max()),
         iterations=int(st.it),
         seconds=seconds,
         compile_seconds=compile_s,
