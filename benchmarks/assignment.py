@@ -74,7 +74,7 @@ class Aequilibrae:
         g.network = self.network.copy()
         g.prepare_graph(np.arange(1, z + 1))
         g.set_graph("free_flow_time")
-        g.set_skimming(["free_flow_time"])
+        g.set_skimming([])  # no skims: they are not needed and cost time every iteration
         g.set_blocked_centroid_flows(self.tn.first_thru_node > 1)  # <FIRST THRU NODE>
         m = AequilibraeMatrix()
         m.create_empty(zones=z, matrix_names=["matrix"], memory_only=True)
@@ -118,7 +118,7 @@ def summarise(runs: list[dict], problem, published, reference_beckmann) -> dict:
     out["beckmann_rel_err"] = out["beckmann"] / reference_beckmann - 1.0
     out.update(flow_check(last["flow"], published))
     if "compile_seconds" in last:
-        out["compile_seconds"] = last["compile_seconds"]
+        out["compile_seconds_first_run"] = runs[0]["compile_seconds"]
     return out
 
 
