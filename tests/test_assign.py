@@ -84,3 +84,29 @@ def test_scenario_yardsticks():
     so = solve(p, objective="so", gap=1e-6, backend="scipy")
     free = np.asarray(env.network.tt)[env.demand.origin, env.demand.destination].mean()
     assert ue.mean_time >= free - 1e-6 and so.tstt <= ue.tstt * (1 + 1e-6)
+
+
+
+def test_cli_writes_flows_and_fails_cleanly(tmp_path, capsys):
+    import json
+
+    from leed_jax.assign.__main__ import main
+
+    net = tmp_path / "two_net.tntp"
+    net.write_text("<NUMBER OF ZONES> 2\n<NUMBER OF NODES> 3\n<FIRST THRU NODE> 3\n<END OF METADATA>\n"
+                   "1 3 100 1 1 0.15 4 ;\n3 2 100 1 1 0.15 4 ;\n1 2 100 1 5 0.15 4 ;\n")
+    trips = tmp_path / "two_trips.tntp"
+    trips.write_text("<NUMBER OF ZONES> 2\n<END OF METADATA>\nOrigin 1\n 2 : 300.0;\n")
+    out = tmp_path / "flows.csv"
+    assert main([str(net), str(trips), "--backend", "scipy", "--gap", "1e-8", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["converged"] and summary["time_unit"] == "min"
+    rows = out.read_text().splitlines()
+    assert rows[0] == "from,to,flow,cost" and rows[1].startswith("1,3,") and len(rows) == 4
+    flows = [float(r.split(",")[2]) for r in rows[1:]]
+    assert flows[0] == pytest.approx(flows[1]) and flows[1] + flows[2] == pytest.approx(300.0)
+    # equal times on the two routes: 2 (1 + 0.15 (x/100)^4) = 5 (1 + 0.15 ((300 - x)/100)^4)
+    x = flows[0]
+    assert 2 * (1 + 0.15 * (x / 100) ** 4) == pytest.approx(5 * (1 + 0.15 * ((300 - x) / 100) ** 4), rel=1e-5)
+    assert main([str(tmp_path / "missing_net.tntp"), str(trips)]) == 2
+    assert "missing_net.tntp" in capsys.readouterr().err

@@ -40,6 +40,7 @@ class AssignmentProblem:
     demand: np.ndarray  # [O, D]
     time_unit: str = "min"
     flow_unit: str = "veh/h"
+    node_labels: np.ndarray | None = None  # [V] the source's own node numbers (TNTP), for reports
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)
@@ -130,6 +131,7 @@ def problem_from_tntp(net_file: str | Path, trips_file: str | Path) -> Assignmen
         demand=od[np.ix_(keep, keep)],
         time_unit="min",
         flow_unit="veh/h",
+        node_labels=tn.node_ids,
     )
 
 
