@@ -5,7 +5,8 @@
 For Sioux Falls and Anaheim (TNTP files; Transportation Networks for Research, research use
 only): user equilibrium by bi-conjugate Frank–Wolfe to relative gap 1e-4 — time, iterations,
 Beckmann objective against the published one, link flows against the published ``*_flow.tntp``
-(within 1 % or 1 vehicle) — for leed_jax (both all-or-nothing backends) and AequilibraE's
+(within 1 % or 1 vehicle) — for leed_jax (bfw with both all-or-nothing backends, and the
+path-based ``gp``) and AequilibraE's
 ``bfw`` on the same files, timed in this process, alternating, median of ``--repeats``
 (compilation excluded and reported apart). Then Anaheim until every link flow is within 1 % /
 1 vehicle of the published solution (a much tighter gap), and the system optimum. The machine
@@ -101,7 +102,11 @@ class Aequilibrae:
 
 
 def ours(problem, gap, backend, **kw) -> dict:
-    r = solve(problem, objective="ue", method="bfw", gap=gap, backend=backend, **kw)
+    """leed_jax: bfw with the given all-or-nothing backend, or ``backend="gp"``: path-based GP."""
+    if backend == "gp":
+        r = solve(problem, objective="ue", method="gp", gap=gap, **kw)
+    else:
+        r = solve(problem, objective="ue", method="bfw", gap=gap, backend=backend, **kw)
     return {"seconds": r.seconds, "compile_seconds": r.compile_seconds, "iterations": r.iterations,
             "relative_gap": r.relative_gap, "flow": r.flow, "backend": r.backend}
 
@@ -148,7 +153,7 @@ def main() -> None:
                 aeq = Aequilibrae(net_f, trips_f)
             except ImportError as exc:
                 out["aequilibrae"] = f"not installed ({exc}); pip install 'leed_jax[reference]'"
-        runs: dict[str, list] = {"jax": [], "scipy": [], "aequilibrae": []}
+        runs: dict[str, list] = {"jax": [], "scipy": [], "gp": [], "aequilibrae": []}
         for rep in range(args.repeats):  # alternating, so a load change hits all alike
             for key in runs:
                 if key == "aequilibrae":
@@ -180,7 +185,7 @@ def main() -> None:
 def flows_run(problem, published, max_iterations, aeq, aeq_max_iterations) -> dict:
     """Time until every Anaheim link flow is within 1 % (or 1 vehicle) of the published solution."""
     res = {}
-    for backend in ("scipy", "jax"):
+    for backend in ("scipy", "jax", "gp"):
         t0 = time.perf_counter()
         hit = {}
 
@@ -190,13 +195,16 @@ def flows_run(problem, published, max_iterations, aeq, aeq_max_iterations) -> di
                 hit.update(iterations=it, relative_gap=gap, seconds=time.perf_counter() - t0)
             return c["links_off"] == 0
 
-        r = solve(problem, gap=1e-14, backend=backend, max_iterations=max_iterations, chunk=20, callback=check)
+        if backend == "gp":  # one iteration is a pass over all origins: far fewer, far costlier
+            r = solve(problem, method="gp", gap=1e-14, max_iterations=max(1, max_iterations // 30), callback=check)
+        else:
+            r = solve(problem, gap=1e-14, backend=backend, max_iterations=max_iterations, chunk=20, callback=check)
         res[backend] = {**flow_check(r.flow, published), "reached": bool(hit), "iterations": r.iterations,
                         "relative_gap": r.relative_gap, "seconds": r.seconds, "compile_seconds": r.compile_seconds}
         print(f"# Anaheim flows {backend}: {res[backend]}", flush=True)
     if aeq is not None:
-        # AequilibraE has no callback: run it to the gap at which ours first met the criterion.
-        target = min((v["relative_gap"] for v in res.values() if v["reached"]), default=1e-8)
+        # AequilibraE has no callback: run it to the gap at which our bfw first met the criterion.
+        target = min((res[k]["relative_gap"] for k in ("scipy", "jax") if res[k]["reached"]), default=1e-8)
         a = aeq.solve(target, max_iter=aeq_max_iterations)
         res["aequilibrae"] = {**flow_check(a["flow"], published), "target_gap": target,
                               "relative_gap": a["relative_gap"], "iterations": a["iterations"], "seconds": a["seconds"]}

@@ -110,3 +110,15 @@ def test_cli_writes_flows_and_fails_cleanly(tmp_path, capsys):
     assert 2 * (1 + 0.15 * (x / 100) ** 4) == pytest.approx(5 * (1 + 0.15 * ((300 - x) / 100) ** 4), rel=1e-5)
     assert main([str(tmp_path / "missing_net.tntp"), str(trips)]) == 2
     assert "missing_net.tntp" in capsys.readouterr().err
+
+
+@needs_data
+def test_path_based_gp_agrees_with_the_published_flows():
+    from leed_jax.envs.tntp import read_tntp_flow
+
+    p = problem_from_tntp(DATA / "SiouxFalls_net.tntp", DATA / "SiouxFalls_trips.tntp")
+    ue = solve(p, method="gp", gap=1e-5)
+    _, _, volume, _ = read_tntp_flow(DATA / "SiouxFalls_flow.tntp")
+    assert ue.converged and ue.iterations < 50
+    assert (np.abs(ue.flow - volume) <= np.maximum(0.01 * volume, 1.0)).all()
+    assert ue.beckmann / 1e5 == pytest.approx(42.31335287107440, rel=1e-5)

@@ -3,6 +3,8 @@
 Methods (all link-based, one all-or-nothing loading per iteration):
   * ``fw``  Frank–Wolfe (Frank & Wolfe 1956; LeBlanc, Morlok & Pierskalla 1975): move towards
     the all-or-nothing flows ``y`` with an exact line search.
+  * ``gp`` path-based gradient projection (Jayakrishnan et al. 1994) on the host, for exact
+    link flows where the link-based methods stall (:mod:`leed_jax.assign.paths_gp`).
   * ``cfw`` conjugate Frank–Wolfe and ``bfw`` bi-conjugate Frank–Wolfe (Mitradjieva & Lindberg
     2013, *The stiff is moving — conjugate direction Frank–Wolfe methods with applications to
     traffic assignment*, Transportation Science 47(2)): the target ``s`` is a combination of
@@ -39,7 +41,7 @@ from leed_jax.assign.paths import Graph, all_or_nothing, make_graph
 from leed_jax.assign.problem import AssignmentProblem
 from leed_jax.envs.base import ScenarioError
 
-METHODS = ("fw", "cfw", "bfw")
+METHODS = ("fw", "cfw", "bfw", "gp")
 BACKENDS = ("auto", "jax", "scipy")
 OBJECTIVES = ("ue", "so")
 _FW, _CFW, _BFW = 0, 1, 2
@@ -257,7 +259,8 @@ def solve(
     Args:
         problem: links, BPR parameters and demand (:mod:`leed_jax.assign.problem`).
         objective: "ue" (user equilibrium) or "so" (system optimum).
-        method: "bfw" (default), "cfw" or "fw" (see the module docstring).
+        method: "bfw" (default), "cfw", "fw", or "gp" (path-based, host; see the module
+            docstring).
         gap: target relative gap. max_iterations: cap on all-or-nothing loadings (1 = the
             loading at free flow).
         backend: where the all-or-nothing loading runs: "jax" (default: warm-started
@@ -283,6 +286,8 @@ def solve(
     if backend == "auto":
         backend = "jax"
     so = objective == "so"
+    if method == "gp":
+        return _solve_gp(problem, objective, gap, max_iterations, verbose, callback)
     max_kind = METHODS.index(method)
     with jax.enable_x64(True):
         t_start = time.perf_counter()
@@ -354,4 +359,25 @@ def solve(
         compile_seconds=compile_s,
         converged=measured_gap <= gap,
         history=history,
+    )
+
+
+def _solve_gp(problem, objective, gap, max_iterations, verbose, callback) -> AssignmentResult:
+    from leed_jax.assign.paths_gp import _bpr, gradient_projection
+
+    so = objective == "so"
+    flow, g, it, seconds, history = gradient_projection(
+        problem, gap=gap, max_iterations=max_iterations, callback=callback, verbose=verbose, so=so
+    )
+    cost = _bpr(problem, flow)
+    r = flow / problem.capacity
+    bk = float(np.sum(problem.t0 * flow * (1.0 + problem.b * np.where(problem.power == 0, 1.0, r ** problem.power)
+                                           / (problem.power + 1.0))))
+    tstt = float(flow @ cost)
+    total = problem.total_demand
+    return AssignmentResult(
+        problem=problem.name, objective=objective, method="gp", backend="host", flow=flow, cost=cost,
+        relative_gap=float(g), beckmann=bk, tstt=tstt, mean_time=tstt / total if total > 0 else 0.0,
+        peak_vc=float((flow / problem.capacity).max()), iterations=it, seconds=seconds, compile_seconds=0.0,
+        converged=bool(g <= gap), history=history,
     )
