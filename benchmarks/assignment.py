@@ -97,7 +97,7 @@ class Aequilibrae:
         seconds = time.perf_counter() - t1
         report = a.report()
         flow = a.results().loc[np.arange(1, len(self.network) + 1), "matrix_tot"].to_numpy()
-        return {"seconds": seconds, "setup_seconds": t1 - t0, "iterations": int(len(report)),
+        return {"seconds": seconds, "setup_seconds": t1 - t0, "iterations": len(report),
                 "relative_gap": float(report["rgap"].iloc[-1]), "flow": flow}
 
 
@@ -155,14 +155,14 @@ def main() -> None:
                 out["aequilibrae"] = f"not installed ({exc}); pip install 'leed_jax[reference]'"
         runs: dict[str, list] = {"jax": [], "scipy": [], "gp": [], "aequilibrae": []}
         for rep in range(args.repeats):  # alternating, so a load change hits all alike
-            for key in runs:
+            for key, done in runs.items():
                 if key == "aequilibrae":
                     if aeq is not None:
-                        runs[key].append(aeq.solve(args.gap))
+                        done.append(aeq.solve(args.gap))
                 else:
-                    runs[key].append(ours(problem, args.gap, key))
-                if runs[key]:
-                    print(f"# {name} {key} run {rep + 1}: {runs[key][-1]['seconds']:.3f} s", flush=True)
+                    done.append(ours(problem, args.gap, key))
+                if done:
+                    print(f"# {name} {key} run {rep + 1}: {done[-1]['seconds']:.3f} s", flush=True)
         res = {k: summarise(v, problem, published, ref_bk) for k, v in runs.items() if v}
         res["published_beckmann"] = ref_bk
         if aeq is not None:
@@ -189,7 +189,7 @@ def flows_run(problem, published, max_iterations, aeq, aeq_max_iterations) -> di
         t0 = time.perf_counter()
         hit = {}
 
-        def check(it, gap, flow):
+        def check(it, gap, flow, hit=hit, t0=t0):
             c = flow_check(flow, published)
             if c["links_off"] == 0 and not hit:
                 hit.update(iterations=it, relative_gap=gap, seconds=time.perf_counter() - t0)

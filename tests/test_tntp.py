@@ -124,7 +124,7 @@ def test_anaheim_files_in_full():
     assert (tn.net.link_flow_capacity == tn.link_capacity).all()
     od = tntp.read_tntp_trips(DATA / "Anaheim_trips.tntp")
     assert od.shape == (38, 38) and od.sum() == pytest.approx(104694.4)
-    frm, to, vol, _ = tntp.read_tntp_flow(DATA / "Anaheim_flow.tntp")
+    frm, _, vol, _ = tntp.read_tntp_flow(DATA / "Anaheim_flow.tntp")
     assert len(vol) == 914 and (tn.node_ids[tn.net.link_src] == frm).all()
 
 
@@ -138,7 +138,7 @@ def test_anaheim_scenario_builds_and_steps():
     step = jax.jit(env.step)
     for t in range(3):
         actions = np.asarray(env.avail_actions(state)).argmax(-1)
-        obs, state, reward, done, info = step(jax.random.PRNGKey(t), state, actions)
+        obs, state, *_ = step(jax.random.PRNGKey(t), state, actions)
     assert np.isfinite(np.asarray(obs)).all()
     full = leed_jax.load_scenario("traffic-anaheim")
     assert full.num_agents == 104694

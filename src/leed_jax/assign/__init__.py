@@ -5,11 +5,13 @@
     ue = solve(p, objective="ue", gap=1e-4)      # bi-conjugate Frank–Wolfe, jit-compiled
     so = solve(p, objective="so")
     ue.relative_gap, ue.beckmann, ue.tstt, ue.flow
+    exact = solve(p, method="gp", gap=1e-10)     # path-based gradient projection (host)
 
     # yardsticks of an env scenario (its vehicles as flows over the departure window)
     solve(problem_from_scenario("traffic-grid")).mean_time     # seconds
 
-See :mod:`leed_jax.assign.solver` for the methods and their sources.
+See :mod:`leed_jax.assign.solver` for the methods and their sources, ``python -m
+leed_jax.assign --help`` for the command line.
 """
 
 from leed_jax.assign.problem import (

@@ -57,7 +57,7 @@ class Links(NamedTuple):
     power: jax.Array  # [E]
 
 
-class SolverState(NamedTuple):  # noqa: D101
+class SolverState(NamedTuple):
     x: jax.Array  # [E] current flows
     s1: jax.Array  # [E] last target s_{k-1}
     s2: jax.Array  # [E] target before that s_{k-2}

@@ -381,7 +381,7 @@ def tntp_demand(
     total = od.sum()
     if total <= 0:
         raise ScenarioError(f"{tn.path}: the trips matrix has no inter-zonal trips")
-    n = int(round(total)) if num_agents is None else int(num_agents)
+    n = round(total) if num_agents is None else int(num_agents)
     if n <= 0:
         raise ScenarioError(f"num_agents must be positive, got {n}")
     if departure_window <= 0:
