@@ -1,13 +1,15 @@
 """All-or-nothing loading in JAX: shortest paths from every origin at once, flows down the trees.
 
-Shortest paths are a batched Bellman–Ford (Bellman 1958; Ford 1956) on an ``[O, V]`` distance
-table: each round, every node takes the cheapest of its in-links' ``dist[src] + cost`` (a gather
-over a padded in-link table, no scatter), until no distance changes — as many rounds as the
-deepest shortest-path tree has links, all origins in one vectorised sweep. Loading pushes each
-origin's demand back up its tree the same way: the flow through a node is its own demand plus
-the flows through the nodes whose tree link leaves it, iterated to the fixed point (again the
-tree's depth). Both run inside ``jax.jit`` (``lax.while_loop``), so a whole equilibrium solve is
-one XLA program. (Measured against scipy's Dijkstra on the host in ``benchmarks/assignment.py``.)
+Shortest paths are a batched Bellman–Ford (Bellman 1958; Ford 1956) on a node-major ``[V, O]``
+distance table: each round, every node takes the cheapest of its in-links' ``dist[src] + cost``
+(a gather over a padded in-link table, no scatter) until no distance changes, all origins in
+one vectorised sweep. It starts from the previous iteration's trees costed under the new link
+costs (an upper bound made of real paths, so the result is still exact), which cuts the rounds
+from the trees' depth to the few hops where the trees change. Loading gives each tree link the
+demand of the subtree below it, by doubling: ceil(log2 V) rounds of "push 2^k levels up".
+Everything runs inside ``jax.jit`` (``lax.while_loop``), so an equilibrium solve is one XLA
+program. :class:`HostAllOrNothing` is the same on the host with scipy's Dijkstra (compared in
+``benchmarks/assignment.py``).
 """
 
 from __future__ import annotations
