@@ -142,3 +142,10 @@ def test_anaheim_scenario_builds_and_steps():
     assert np.isfinite(np.asarray(obs)).all()
     full = leed_jax.load_scenario("traffic-anaheim")
     assert full.num_agents == 104694
+
+
+def test_od_pairs_for_resampling(tiny):
+    tn = tntp.read_tntp_network(tiny / "tiny_net.tntp")
+    o, d, w = tntp.od_pairs(tn, tntp.read_tntp_trips(tiny / "tiny_trips.tntp"))
+    assert sorted(w.tolist()) == [10.0, 20.5]
+    assert np.isfinite(tn.net.tt[o, d]).all() and (o != d).all()

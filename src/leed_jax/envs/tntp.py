@@ -13,7 +13,7 @@ Readers:
     :func:`read_tntp_trips` ``*_trips.tntp`` → origin–destination matrix ``[Z, Z]``;
     :func:`read_tntp_flow` ``*_flow.tntp`` → a published link-flow solution;
     :func:`tntp_demand` OD matrix → env vehicles (a seeded sample scaled to N over a
-        departure window).
+        departure window); :func:`od_pairs` the same matrix as weighted node pairs.
 
 Zones: TNTP zones ``1..Z`` are the nodes of the same numbers (zone centroids). Nodes numbered
 below ``<FIRST THRU NODE>`` are centroids that traffic may start or end at but never pass
@@ -354,6 +354,16 @@ def read_tntp_flow(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray
         raise ScenarioError(f"{path}: no link flows")
     a = np.array(rows)
     return a[:, 0].astype(np.int64), a[:, 1].astype(np.int64), a[:, 2], a[:, 3]
+
+
+def od_pairs(tn: TntpNetwork, od: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The OD matrix as weighted node pairs for a demand model that redraws vehicles (e.g. per
+    episode, inside jit): ``origin [P]``, ``destination [P]`` node indices and ``trips [P]`` of
+    the inter-zonal pairs with trips (``trips / trips.sum()`` are the draw probabilities)."""
+    od = np.asarray(od, np.float64)
+    z = od.shape[0]
+    o, d = np.nonzero((od > 0) & ~np.eye(z, dtype=bool))
+    return tn.zone_origin[o], tn.zone_dest[d], od[o, d]
 
 
 def tntp_demand(
