@@ -1,13 +1,16 @@
 """Env-only throughput: random valid actions under jit + vmap over parallel envs.
 
     python benchmarks/env_throughput.py [--scenario traffic-grid-large] [--agents 10,100,1000,10000]
-        [--models queue,step]
+        [--models queue,step] [--no-anaheim]
 
 Prints one JSON list last: per (link model, N), num_agents, num_envs, env_steps_per_s,
 agent_steps_per_s, compile_s, peak_rss_mb, load average. The batch keeps about 2^15 agent
 slots per step (num_envs = max(1, 32768 // N)), so per-agent figures compare like with like.
 The link models run alternately in one process (queue = the continuous-time spatial queue,
 step = the old step-rounded BPR model), so their ratio is meaningful on a shared machine.
+A last row steps the city-scale ``traffic-anaheim`` scenario (its whole OD matrix, 104,694
+vehicles, one env, scenario default model) when its TNTP files are present
+(``../shared/data/tntp/``), else says why it is missing.
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--agent-slots", type=int, default=32768)
     p.add_argument("--models", default="queue,step", help="link models to compare (traffic only; '' = scenario default)")
+    p.add_argument("--no-anaheim", action="store_true", help="skip the traffic-anaheim row")
     args = p.parse_args()
     models = [m for m in args.models.split(",") if m] or [None]
     results = []
@@ -104,6 +108,14 @@ def main() -> None:
             if r["link_model"] != models[-1]:
                 ref = next(x for x in results if x["link_model"] == models[-1] and x["num_agents"] == r["num_agents"])
                 r[f"vs_{models[-1]}"] = round(r["agent_steps_per_s"] / ref["agent_steps_per_s"], 3)
+    if not args.no_anaheim:
+        try:
+            scenario = leed_jax.load_scenario("traffic-anaheim")
+            r = bench("traffic-anaheim", scenario.num_agents, args.steps, args.agent_slots)
+            print(f"# traffic-anaheim N={r['num_agents']}: {r['agent_steps_per_s']:.3g} agent-steps/s", flush=True)
+            results.append(r)
+        except leed_jax.ScenarioError as exc:  # the TNTP files are not shipped
+            results.append({"scenario": "traffic-anaheim", "skipped": str(exc)})
     print(json.dumps(results))
 
 
