@@ -1,0 +1,606 @@
+"""Replay traffic-env episodes in SUMO: record each vehicle's realised route, write a SUMO
+network and route file, run SUMO (mesoscopic) and read its trip output back.
+
+The pieces, in the order a user needs them:
+
+* :func:`record_episode` steps a traffic env with any policy (``policy(key, obs, state) ->
+  actions [N]``: a trained actor, a planner's plan, fixed routes) and returns an
+  :class:`Episode`: every vehicle's departure time, its sequence of links and its travel time
+  in the env.
+* :func:`write_network` writes the env's road network as a SUMO ``.net.xml``: a network read
+  from SUMO is copied as it is (its edge ids are the env's ``link_ids``); a generated grid or a
+  TNTP network is written as plain XML (``.nod.xml``, ``.edg.xml``) with the env's lanes,
+  speeds, lengths and link ids, and turned into a ``.net.xml`` by ``netconvert``.
+* :func:`write_routes` writes a ``.rou.xml``: one vehicle per departed env vehicle, its
+  departure time and its route as SUMO edge ids.
+* :func:`export_episode` does both into one directory (with a ``.sumocfg``), which is what
+  ``python -m leed_jax.run --export-sumo DIR`` calls.
+* :func:`run_sumo` runs ``sumo`` on them and :func:`read_tripinfo` parses its ``tripinfo``
+  output, which ``benchmarks/validate_traffic.py`` compares with the env.
+
+SUMO comes from the optional extra ``leed_jax[sumo]`` (the ``eclipse-sumo`` wheel carries the
+``sumo`` and ``netconvert`` binaries). File formats follow SUMO's documentation: plain XML
+networks (``nodes``/``edges``), route files (``vType``/``vehicle``/``route``) and
+``tripinfo`` output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import math
+import os
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leed_jax.envs.base import ScenarioError
+from leed_jax.envs.network import RoadNetwork
+
+# policy(key, obs [N, D], state) -> actions [N] int
+Policy = Callable[[Any, Any, Any], Any]
+
+VTYPE_ID = "leed"
+
+
+class SumoError(RuntimeError):
+    """SUMO is missing, or one of its tools failed (the message names the tool and its output)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Episode:
+    """One realised episode of a traffic env.
+
+    Attributes (``N`` vehicles):
+        depart_s [N] float: scheduled departure time, seconds from the episode start;
+        routes list[list[int]]: each vehicle's links in the order driven (empty: never moved);
+        travel_time [N] float: the env's travel time, seconds (up to the horizon when unfinished);
+        arrived [N] bool: reached its destination within the horizon;
+        dt: the env's step, seconds; horizon_s: the episode length, seconds.
+    """
+
+    depart_s: np.ndarray
+    routes: list[list[int]]
+    travel_time: np.ndarray
+    arrived: np.ndarray
+    dt: float
+    horizon_s: float
+
+    @property
+    def num_vehicles(self) -> int:
+        return len(self.depart_s)
+
+
+# ---------------------------------------------------------------------------- recording
+def record_episode(env, policy: Policy, key=None, state=None) -> Episode:
+    """Step ``env`` (a traffic env) for one episode with ``policy`` and record every vehicle's
+    links. ``policy(key, obs, state) -> actions [N]``, or a stateful policy with
+    ``init(state) -> carry`` and ``policy(key, obs, state, carry) -> (actions, carry)`` such as
+    :class:`RoutePolicy`. ``state`` defaults to ``env.reset(key)``. The whole episode runs as one
+    ``jax.lax.scan`` under ``jit``; the routes are assembled on the host afterwards.
+
+    A link is recorded when a vehicle is seen on it at the end of a step. Where the env moves a
+    vehicle across more than one link inside one step, the links it crossed unseen are the
+    ones ``info["links_entered"]`` reports when the env provides it; otherwise the gap is closed
+    with the network's free-flow shortest path (counted in ``Episode`` routes' validity checks
+    by :func:`check_routes`).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    if getattr(env, "family", None) != "traffic":
+        raise ScenarioError(f"routes can only be recorded from a traffic env, not {getattr(env, 'family', env)!r}")
+    key = jax.random.PRNGKey(0) if key is None else key
+    k_reset, k_run = jax.random.split(key)
+    if state is None:
+        obs, state = env.reset(k_reset)
+    else:
+        obs = env._obs(state)
+    horizon = env.spec.horizon
+
+    stateful = hasattr(policy, "init")
+
+    def run(obs, state, key):
+        def body(carry, k):
+            obs, state, pc = carry
+            k_act, k_step = jax.random.split(k)
+            if stateful:
+                actions, pc = policy(k_act, obs, state, pc)
+            else:
+                actions = policy(k_act, obs, state)
+            obs, state, _, _, info = env.step(k_step, state, jnp.asarray(actions, jnp.int32))
+            return (obs, state, pc), (state.link, state.node)
+
+        pc0 = policy.init(state) if stateful else jnp.zeros(())
+        (_, final, _), (links, nodes) = jax.lax.scan(body, (obs, state, pc0), jax.random.split(key, horizon))
+        return final, links, nodes
+
+    final, links, nodes = jax.jit(run)(obs, state, k_run)
+    links = np.asarray(links)  # [T, N]
+    nodes = np.asarray(nodes)  # [T, N]
+    net = env.network
+    origin = np.asarray(env.demand.origin)
+    routes = [_assemble_route(net, int(origin[i]), links[:, i], nodes[:, i]) for i in range(links.shape[1])]
+    arrived = np.asarray(final.status) == _arrived_code()
+    return Episode(
+        depart_s=np.asarray(env.demand.departure, np.float64) * float(env.params.dt),
+        routes=routes,
+        travel_time=np.asarray(final.travel_time, np.float64),
+        arrived=arrived,
+        dt=float(env.params.dt),
+        horizon_s=float(env.params.dt) * horizon,
+    )
+
+
+def _arrived_code() -> int:
+    from leed_jax.envs import traffic
+
+    return int(traffic.ARRIVED)
+
+
+def _assemble_route(net: RoadNetwork, origin: int, links: np.ndarray, nodes: np.ndarray) -> list[int]:
+    """The link sequence of one vehicle from its per-step link ``[T]`` (−1 off-link) and node
+    ``[T]`` (its node, or the head of its link); gaps (links crossed between two observations)
+    are closed along free-flow shortest paths."""
+    route: list[int] = []
+    at = origin  # the node the route has reached so far
+    for link, node in zip(links.tolist(), nodes.tolist()):
+        if link >= 0 and (not route or route[-1] != link):
+            _close_gap(net, route, at, int(net.link_src[link]))
+            route.append(link)
+            at = int(net.link_dst[link])
+        elif link < 0 and node != at and route:
+            # Finished a link (and maybe more) within the step without being seen on them.
+            _close_gap(net, route, at, node)
+            at = node
+    return route
+
+
+def _close_gap(net: RoadNetwork, route: list[int], frm: int, to: int) -> None:
+    """Append to ``route`` the free-flow shortest path of links from node ``frm`` to ``to``."""
+    guard = net.num_nodes
+    while frm != to and guard > 0:
+        nxt = int(net.next_hop[frm, to])
+        if nxt < 0:
+            raise ScenarioError(f"recorded route jumps from node {frm} to {to}, which is unreachable")
+        cands = [l for l in net.out_links[frm] if l >= 0 and net.link_dst[l] == nxt]
+        route.append(int(min(cands, key=lambda l: net.link_tfree[l])))
+        frm = nxt
+        guard -= 1
+
+
+# ---------------------------------------------------------------------------- policies
+class RoutePolicy:
+    """Drives each vehicle along its own fixed link sequence (a stateful policy: its carry is
+    a pointer ``[N]`` into each route, which :func:`record_episode` threads through the scan).
+
+    At a decision the vehicle takes ``route[ptr]`` if that link leaves the node it stands at
+    (it has not taken it yet, or was held back), else the pointer moves on by one (it finished
+    ``route[ptr]``). This follows routes that pass a node twice, which turn restrictions can
+    make the fastest. ``routes[i]`` must start at vehicle i's origin and end at its
+    destination (:func:`check_routes`)."""
+
+    def __init__(self, env, routes: list[list[int]]):
+        import jax.numpy as jnp
+
+        net = env.network
+        n = env.spec.num_agents
+        if len(routes) != n:
+            raise ScenarioError(f"{len(routes)} routes for {n} vehicles")
+        problems = check_routes(net, routes, env.demand.origin, env.demand.destination)
+        if problems:
+            raise ScenarioError(f"fixed routes: {problems[0]} ({len(problems)} problems)")
+        if any(not r for r in routes):
+            raise ScenarioError("fixed routes: every vehicle needs at least one link")
+        slot_of = np.zeros(net.num_links, np.int32)  # slot of each link in its tail node's out-list
+        for u in range(net.num_nodes):
+            for j, link in enumerate(net.out_links[u]):
+                if link >= 0:
+                    slot_of[link] = j
+        width = max(len(r) for r in routes)
+        table = np.empty((n, width), np.int32)  # [N, L] links, padded with the last
+        for i, r in enumerate(routes):
+            table[i, : len(r)] = r
+            table[i, len(r):] = r[-1]
+        self._routes = jnp.asarray(table)
+        self._src = jnp.asarray(net.link_src)
+        self._slot = jnp.asarray(slot_of)
+        self._width = width
+
+    def init(self, state):
+        import jax.numpy as jnp
+
+        return jnp.zeros(state.node.shape, jnp.int32)
+
+    def __call__(self, key, obs, state, ptr):
+        import jax.numpy as jnp
+
+        del key, obs
+        rows = jnp.arange(ptr.shape[0])
+        done_link = self._src[self._routes[rows, ptr]] != state.node
+        ptr = jnp.minimum(ptr + done_link.astype(jnp.int32), self._width - 1)
+        return self._slot[self._routes[rows, ptr]], ptr
+
+
+def route_policy(env, routes: list[list[int]]) -> RoutePolicy:
+    """The fixed-route policy of ``routes`` (see :class:`RoutePolicy`)."""
+    return RoutePolicy(env, routes)
+
+
+def shortest_routes(net: RoadNetwork, origin, destination) -> list[list[int]]:
+    """Free-flow fastest link sequences for each origin–destination pair that use only the
+    turns the network allows (Dijkstra on the link graph: one node per link, one arc per
+    allowed turn, weighted by the next link's free-flow time; a virtual node per origin leads
+    into its out-links)."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import dijkstra
+
+    e, v = net.num_links, net.num_nodes
+    conn = np.asarray(net.connections).reshape(-1, 2)
+    src = np.concatenate([conn[:, 0], e + net.link_src])  # origin node u -> its out-links
+    dst = np.concatenate([conn[:, 1], np.arange(e)])
+    # tiny positive floor: csr drops explicit zeros, which would read as "no arc"
+    w = np.maximum(net.link_tfree[dst], 1e-6)
+    graph = csr_matrix((w, (src, dst)), shape=(e + v, e + v))
+    origin, destination = np.asarray(origin).tolist(), np.asarray(destination).tolist()
+    sources = sorted(set(origin))
+    dist, pred = dijkstra(graph, directed=True, indices=[e + o for o in sources], return_predecessors=True)
+    row_of = {o: k for k, o in enumerate(sources)}
+    into = [np.flatnonzero(net.link_dst == d) for d in range(v)]
+    routes = []
+    for o, d in zip(origin, destination):
+        row = row_of[o]
+        cands = into[d]
+        if o == d or not len(cands) or not np.isfinite(dist[row, cands]).any():
+            raise ScenarioError(f"no route from {net.node_names[o]} to {net.node_names[d]} that respects the turns")
+        link = int(cands[np.argmin(dist[row, cands])])
+        r = [link]
+        while pred[row, link] >= 0 and pred[row, link] < e:
+            link = int(pred[row, link])
+            r.append(link)
+        routes.append(r[::-1])
+    return routes
+
+
+def greedy_policy(actor: Callable[[Any, Any, Any], Any], env) -> Policy:
+    """A policy from ``actor(obs [N, D], avail [N, A]) -> logits [N, A]``: the argmax of the
+    masked logits (what the trainer's greedy evaluation does)."""
+    import jax.numpy as jnp
+
+    def policy(key, obs, state):
+        del key
+        avail = env.avail_actions(state)
+        logits = actor(obs, avail)
+        return jnp.argmax(jnp.where(avail, logits, -jnp.inf), axis=-1)
+
+    return policy
+
+
+# ---------------------------------------------------------------------------- checks
+def check_routes(net: RoadNetwork, routes: list[list[int]], origin=None, destination=None) -> list[str]:
+    """Problems with ``routes`` (an empty list when every route is a connected link sequence
+    from its origin to its destination, and uses only turns the network allows)."""
+    problems = []
+    allowed = {(int(a), int(b)) for a, b in np.asarray(net.connections).reshape(-1, 2)}
+    for i, r in enumerate(routes):
+        if not r:
+            continue
+        if origin is not None and int(net.link_src[r[0]]) != int(np.asarray(origin)[i]):
+            problems.append(f"vehicle {i}: route starts at {net.node_names[net.link_src[r[0]]]}, not at its origin")
+        if destination is not None and int(net.link_dst[r[-1]]) != int(np.asarray(destination)[i]):
+            problems.append(f"vehicle {i}: route ends at {net.node_names[net.link_dst[r[-1]]]}, not at its destination")
+        for a, b in zip(r, r[1:]):
+            if net.link_dst[a] != net.link_src[b]:
+                problems.append(f"vehicle {i}: links {net.link_ids[a]} and {net.link_ids[b]} do not meet")
+            elif (a, b) not in allowed:
+                problems.append(f"vehicle {i}: no turn from {net.link_ids[a]} to {net.link_ids[b]}")
+    return problems
+
+
+# ---------------------------------------------------------------------------- SUMO files
+def sumo_binary(name: str = "sumo") -> str:
+    """Path of a SUMO tool (``sumo``, ``netconvert``): the eclipse-sumo wheel's, else ``PATH``'s."""
+    try:
+        import sumo as sumo_pkg
+
+        cand = Path(sumo_pkg.SUMO_HOME) / "bin" / name
+        if cand.is_file() and os.access(cand, os.X_OK):
+            return str(cand)
+    except ImportError:
+        pass
+    found = shutil.which(name)
+    if found:
+        return found
+    raise SumoError(f"{name!r} not found: install the 'sumo' extra (pip install 'leed_jax[sumo]')")
+
+
+def has_sumo() -> bool:
+    """Whether ``sumo`` and ``netconvert`` can be run."""
+    try:
+        sumo_binary("sumo")
+        sumo_binary("netconvert")
+    except SumoError:
+        return False
+    return True
+
+
+def network_source(env) -> Path | None:
+    """The ``.net.xml`` a SUMO-read scenario was built from (None for grids and TNTP)."""
+    sc = getattr(env, "scenario", None)
+    if sc is None or sc.tables.get("network", {}).get("kind") != "sumo":
+        return None
+    from leed_jax.envs.registry import _data_path
+
+    return _data_path(sc.tables["network"].get("file"), sc.path)
+
+
+def write_network(net: RoadNetwork, out_dir: str | Path, source: str | Path | None = None, name: str = "network") -> Path:
+    """Write ``net`` as ``out_dir/name.net.xml`` and return its path.
+
+    With ``source`` (the SUMO network ``net`` was read from) the file is copied (unzipped if
+    ``.gz``): its edge ids are ``net.link_ids``. Otherwise ``name.nod.xml`` and ``name.edg.xml``
+    carry the env's nodes and links (edge id = link id, lanes, speed, length) and
+    ``netconvert`` builds the network: no internal junction lanes (a link's length is its
+    whole length), U-turns kept (the env allows them), coordinates kept.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    net_file = out_dir / f"{name}.net.xml"
+    if source is not None:
+        source = Path(source)
+        if source.suffix == ".gz":
+            with gzip.open(source, "rb") as src, net_file.open("wb") as dst:
+                shutil.copyfileobj(src, dst)
+        else:
+            shutil.copyfile(source, net_file)
+        return net_file
+    nod, edg = out_dir / f"{name}.nod.xml", out_dir / f"{name}.edg.xml"
+    nodes = ET.Element("nodes")
+    for i, (x, y) in enumerate(net.node_xy.tolist()):
+        ET.SubElement(nodes, "node", id=_node_id(net, i), x=f"{x:.3f}", y=f"{y:.3f}", type="priority")
+    _write_xml(nodes, nod)
+    edges = ET.Element("edges")
+    for e in range(net.num_links):
+        ET.SubElement(
+            edges,
+            "edge",
+            id=net.link_ids[e],
+            attrib={"from": _node_id(net, int(net.link_src[e])), "to": _node_id(net, int(net.link_dst[e]))},
+            numLanes=str(max(1, int(round(float(net.link_lanes[e]))))),
+            speed=f"{float(net.link_speed[e]):.4f}",
+            length=f"{float(net.link_length[e]):.3f}",
+        )
+    _write_xml(edges, edg)
+    cmd = [
+        sumo_binary("netconvert"),
+        "--node-files", str(nod), "--edge-files", str(edg), "--output-file", str(net_file),
+        "--no-internal-links", "true",  # no junction lanes: travel time = the links' own
+        "--offset.disable-normalization", "true",
+        "--geometry.remove", "false",
+        "--junctions.join", "false",
+        "--no-warnings", "true",
+    ]
+    _run(cmd, "netconvert")
+    return net_file
+
+
+def _node_id(net: RoadNetwork, i: int) -> str:
+    name = str(net.node_names[i])
+    return name if name and not any(c.isspace() for c in name) else f"n{i}"
+
+
+def write_routes(
+    net: RoadNetwork,
+    episode: Episode,
+    path: str | Path,
+    vehicle_length: float = 5.0,
+    min_gap: float = 2.5,
+) -> Path:
+    """Write ``episode``'s routes as a SUMO route file: one ``vType`` (length + minGap = the jam
+    spacing; speed factor 1 without deviation, so vehicles drive at the edges' speeds as in the
+    env) and one vehicle per routed env vehicle, ``id = "veh<i>"`` (i = env agent index),
+    sorted by departure as SUMO requires. Vehicles that never entered a link are left out."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = ET.Element("routes")
+    ET.SubElement(
+        root, "vType", id=VTYPE_ID, length=f"{vehicle_length:g}", minGap=f"{min_gap:g}",
+        speedFactor="1", speedDev="0", maxSpeed="70", sigma="0",
+    )
+    order = np.argsort(episode.depart_s, kind="stable")
+    for i in order.tolist():
+        r = episode.routes[i]
+        if not r:
+            continue
+        veh = ET.SubElement(
+            root, "vehicle", id=f"veh{i}", type=VTYPE_ID, depart=f"{float(episode.depart_s[i]):.2f}",
+            departLane="best", departPos="base", departSpeed="max", arrivalPos="max",
+        )
+        ET.SubElement(veh, "route", edges=" ".join(net.link_ids[l] for l in r))
+    _write_xml(root, path)
+    return path
+
+
+def export_episode(env, episode: Episode, out_dir: str | Path, name: str | None = None) -> dict[str, Path]:
+    """Write ``env``'s network and ``episode``'s routes into ``out_dir`` (``<name>.net.xml``,
+    ``<name>.rou.xml``, ``<name>.sumocfg`` for ``sumo -c``) and return the paths."""
+    net = env.network
+    problems = check_routes(net, episode.routes, env.demand.origin, None)
+    if problems:
+        raise ScenarioError(f"episode routes are not valid SUMO routes: {problems[0]} ({len(problems)} problems)")
+    name = name or str(getattr(env, "name", "episode"))
+    out_dir = Path(out_dir)
+    net_file = write_network(net, out_dir, network_source(env), name=name)
+    rou_file = write_routes(net, episode, out_dir / f"{name}.rou.xml", **_vtype_spacing(net))
+    cfg = ET.Element("configuration")
+    inp = ET.SubElement(cfg, "input")
+    ET.SubElement(inp, "net-file", value=net_file.name)
+    ET.SubElement(inp, "route-files", value=rou_file.name)
+    out = ET.SubElement(cfg, "output")
+    ET.SubElement(out, "tripinfo-output", value=f"{name}.tripinfo.xml")
+    cfg_file = out_dir / f"{name}.sumocfg"
+    _write_xml(cfg, cfg_file)
+    return {"net": net_file, "routes": rou_file, "config": cfg_file}
+
+
+def jam_spacing(net: RoadNetwork) -> float:
+    """The network's jam spacing, metres per vehicle per lane (median of length·lanes/storage
+    over links long enough not to be floored at one vehicle)."""
+    per = net.link_length * net.link_lanes / net.link_storage
+    long_enough = net.link_storage > 1.5
+    return float(np.median(per[long_enough] if long_enough.any() else per))
+
+
+def _vtype_spacing(net: RoadNetwork) -> dict:
+    spacing = jam_spacing(net)
+    # SUMO's default car: 5 m long, 2.5 m min gap (7.5 m). Keep the 2:1 split at other spacings.
+    return {"vehicle_length": spacing * 2 / 3, "min_gap": spacing / 3}
+
+
+def _write_xml(root: ET.Element, path: Path) -> None:
+    ET.indent(root)
+    ET.ElementTree(root).write(path, encoding="UTF-8", xml_declaration=True)
+
+
+def _run(cmd: list[str], tool: str, timeout: float | None = None) -> subprocess.CompletedProcess:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise SumoError(f"{tool} did not finish within {timeout} s") from None
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise SumoError(f"{tool} failed (exit {proc.returncode}): " + " | ".join(tail))
+    return proc
+
+
+# ---------------------------------------------------------------------------- running SUMO
+@dataclasses.dataclass(frozen=True)
+class SumoResult:
+    """What one SUMO run gave: per vehicle (env agent index) its travel time from the scheduled
+    departure to arrival, or None when it did not arrive; SUMO's warnings and errors."""
+
+    travel_time: dict[int, float]
+    unfinished: list[int]
+    teleports: int
+    warnings: list[str]
+    wall_s: float
+
+
+def run_sumo(
+    net_file: str | Path,
+    route_file: str | Path,
+    out_dir: str | Path,
+    meso: bool = True,
+    end_s: float | None = None,
+    additional: list[str | Path] = (),
+    extra_args: list[str] = (),
+    timeout: float = 600.0,
+) -> SumoResult:
+    """Run ``sumo`` (``--mesosim`` by default) on a network and route file and read its
+    tripinfo output. Teleports are off (a stuck vehicle stays stuck, as in the env); vehicles
+    still on the road at ``end_s`` are reported as unfinished."""
+    import time
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trip = out_dir / "tripinfo.xml"
+    cmd = [
+        sumo_binary("sumo"), "-n", str(net_file), "-r", str(route_file),
+        "--tripinfo-output", str(trip), "--tripinfo-output.write-unfinished", "true",
+        "--no-step-log", "true", "--time-to-teleport", "-1", "--seed", "0",
+        "--ignore-route-errors", "false",
+    ]
+    if meso:
+        cmd += ["--mesosim", "true"]
+    if end_s is not None:
+        cmd += ["--end", f"{end_s:g}"]
+    if additional:
+        cmd += ["--additional-files", ",".join(str(a) for a in additional)]
+    cmd += list(extra_args)
+    t0 = time.perf_counter()
+    proc = _run(cmd, "sumo", timeout)
+    wall = time.perf_counter() - t0
+    tt, unfinished = read_tripinfo(trip)
+    lines = (proc.stderr or "").splitlines()
+    warnings = [ln for ln in lines if ln.startswith(("Warning", "Error"))]
+    teleports = sum("teleport" in ln.lower() for ln in warnings)
+    return SumoResult(tt, unfinished, teleports, warnings, wall)
+
+
+def read_tripinfo(path: str | Path) -> tuple[dict[int, float], list[int]]:
+    """``tripinfo`` output → ({agent index: travel time s}, [unfinished agent indices]).
+
+    Travel time counts from the scheduled departure (``depart − departDelay``), so time spent
+    waiting to enter the network counts, as it does in the env. Vehicle ids must be
+    ``veh<i>`` (what :func:`write_routes` writes)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SumoError(f"no tripinfo output at {path}")
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as exc:
+        raise SumoError(f"{path}: unreadable tripinfo output ({exc})") from None
+    tt, unfinished = {}, []
+    for trip in root.iter("tripinfo"):
+        vid = trip.get("id", "")
+        if not vid.startswith("veh") or not vid[3:].isdigit():
+            continue
+        i = int(vid[3:])
+        arrival = float(trip.get("arrival", "-1"))
+        if arrival < 0 or trip.get("vaporized"):
+            unfinished.append(i)
+            continue
+        depart = float(trip.get("depart")) - float(trip.get("departDelay", "0"))
+        tt[i] = arrival - depart
+    return tt, unfinished
+
+
+def meso_types_file(
+    net: RoadNetwork, net_file: str | Path, path: str | Path, spacing: float | None = None
+) -> tuple[Path, dict]:
+    """An additional file that gives SUMO's mesoscopic queues the env's flow capacities.
+
+    MESO's gross time headway per lane is ``tau + spacing / v`` (Eissfeldt's model as SUMO
+    implements it, ``MESegment::tauWithVehLength``, with ``tau / lanes`` per edge); for a flow
+    capacity of ``q`` vehicles per hour per lane that is ``tau = 3600 / q − spacing / v``. Both
+    ``q`` (``net.link_flow_capacity / lanes``) and ``v`` differ between links, so links are
+    grouped by (``q``, ``v``) into meso edge types, one ``<type>`` each with the free–free,
+    free–jam and jam–free headways set to ``tau`` (a queue discharges at the link's capacity
+    whatever the state up- and downstream, as in the env); the jam–jam headway, which sets how
+    fast space frees upstream of a jam, keeps SUMO's default. ``net_file`` is rewritten so that
+    each edge names its type. Returns the file and a summary (types, tau range, clamped links:
+    those whose ``q`` is above what SUMO can reach at tau = 0, i.e. ``3600 v / spacing``).
+    """
+    spacing = jam_spacing(net) if spacing is None else spacing
+    q = np.asarray(net.link_flow_capacity, np.float64) / np.maximum(np.round(net.link_lanes), 1.0)  # veh/h/lane
+    v = np.asarray(net.link_speed, np.float64)
+    tau = 3600.0 / q - spacing / v
+    clamped = int((tau < 0).sum())
+    tau = np.maximum(tau, 0.0)
+    groups: dict[float, str] = {}
+    edge_type: dict[str, str] = {}
+    for e in range(net.num_links):
+        key = round(float(tau[e]), 3)
+        edge_type[net.link_ids[e]] = groups.setdefault(key, f"leed_meso_{len(groups)}")
+    root = ET.Element("additional")
+    for t, tid in groups.items():
+        typ = ET.SubElement(root, "type", id=tid)
+        ET.SubElement(typ, "meso", tauff=f"{t:.3f}", taufj=f"{t:.3f}", taujf=f"{t:.3f}")
+    path = Path(path)
+    _write_xml(root, path)
+    tree = ET.parse(net_file)
+    for edge in tree.getroot().iter("edge"):
+        tid = edge_type.get(edge.get("id", ""))
+        if tid is not None:
+            edge.set("type", tid)
+    tree.write(net_file, encoding="UTF-8", xml_declaration=True)
+    summary = {
+        "meso_types": len(groups), "tau_min_s": float(tau.min()), "tau_max_s": float(tau.max()),
+        "links_capacity_clamped": clamped, "spacing_m": spacing,
+    }
+    return path, summary
