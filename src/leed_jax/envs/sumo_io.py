@@ -344,9 +344,10 @@ def write_network(net: RoadNetwork, out_dir: str | Path, source: str | Path | No
 
     With ``source`` (the SUMO network ``net`` was read from) the file is copied (unzipped if
     ``.gz``): its edge ids are ``net.link_ids``. Otherwise ``name.nod.xml`` and ``name.edg.xml``
-    carry the env's nodes and links (edge id = link id, lanes, speed, length) and
-    ``netconvert`` builds the network: no internal junction lanes (a link's length is its
-    whole length), U-turns kept (the env allows them), coordinates kept.
+    carry the env's nodes and links (edge id = link id, lanes, speed, length), ``name.con.xml``
+    every turn the env allows (``net.connections``, U-turns included), and ``netconvert``
+    builds the network: no internal junction lanes (a link's length is its whole length),
+    coordinates kept.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -376,9 +377,16 @@ def write_network(net: RoadNetwork, out_dir: str | Path, source: str | Path | No
             length=f"{float(net.link_length[e]):.3f}",
         )
     _write_xml(edges, edg)
+    # Every turn the env allows (U-turns included) becomes a SUMO connection.
+    con = out_dir / f"{name}.con.xml"
+    cons = ET.Element("connections")
+    for a, b in np.asarray(net.connections).reshape(-1, 2).tolist():
+        ET.SubElement(cons, "connection", attrib={"from": net.link_ids[a], "to": net.link_ids[b]})
+    _write_xml(cons, con)
     cmd = [
         sumo_binary("netconvert"),
-        "--node-files", str(nod), "--edge-files", str(edg), "--output-file", str(net_file),
+        "--node-files", str(nod), "--edge-files", str(edg), "--connection-files", str(con),
+        "--output-file", str(net_file),
         "--no-internal-links", "true",  # no junction lanes: travel time = the links' own
         "--offset.disable-normalization", "true",
         "--geometry.remove", "false",
@@ -446,6 +454,20 @@ def export_episode(env, episode: Episode, out_dir: str | Path, name: str | None 
     cfg_file = out_dir / f"{name}.sumocfg"
     _write_xml(cfg, cfg_file)
     return {"net": net_file, "routes": rou_file, "config": cfg_file}
+
+
+def export_trained_policy(env, result, out_dir: str | Path) -> tuple[dict[str, Path], Episode]:
+    """Record one greedy episode of a trained policy (``leed_jax.train``'s result, seed 0) and
+    export it with :func:`export_episode` (``python -m leed_jax.run --export-sumo DIR``)."""
+    import jax
+
+    params = jax.tree_util.tree_map(lambda x: x[0], result.params)  # seed 0 of [K, ...]
+
+    def actor(obs, avail):
+        return result.trainer.policy.logits(params, obs, avail)
+
+    episode = record_episode(env, greedy_policy(actor, env), jax.random.PRNGKey(result.config.seed))
+    return export_episode(env, episode, out_dir), episode
 
 
 def jam_spacing(net: RoadNetwork) -> float:
