@@ -135,6 +135,19 @@ def run_sumo_case(env, routes, work: Path) -> dict:
     for i, t in res.travel_time.items():
         tt[i] = t
     info.update(sumo_wall_s=res.wall_s, sumo_warnings=len(res.warnings), sumo_first_warnings=res.warnings[:3])
+    # The same routes driven alone (departures far apart): SUMO's free-flow time of each route,
+    # which separates differences in the network (lengths, junctions) from the traffic model.
+    free = np.array([net.link_tfree[r].sum() for r in routes])
+    gap = 4.0 * float(free.max()) + 60.0
+    lone = dataclasses.replace(ep, depart_s=np.arange(len(routes)) * gap)
+    rou_lone = sumo_io.write_routes(net, lone, work / "lone.rou.xml", vehicle_length=spacing * 2 / 3, min_gap=spacing / 3)
+    res_lone = sumo_io.run_sumo(net_file, rou_lone, work / "sumo-lone", meso=True, additional=[add])
+    lone_tt = np.array([res_lone.travel_time.get(i, np.nan) for i in range(len(routes))])
+    info.update(
+        lone_mean_tt_sumo=float(np.nanmean(lone_tt)),
+        lone_mean_tt_env_free_flow=float(free.mean()),
+        lone_ratio=float(free.mean() / np.nanmean(lone_tt)),
+    )
     return {"travel_time": tt, "info": info}
 
 
