@@ -46,7 +46,8 @@ from leed_jax.envs.network import RoadNetwork, grid_network
 from leed_jax.envs.traffic import TrafficEnv, TrafficParams
 
 CASES = ("grid-uncongested", "bottleneck", "traffic-grid-large", "traffic-sumo-drt", "traffic-sumo-drt+junctions")
-SIMS = ("sumo", "uxsim")
+SIMS = ("sumo", "uxsim", "sumo-jc")  # sumo-jc: SUMO meso with junction control (not by default)
+DEFAULT_SIMS = ("sumo", "uxsim")
 LANE_CAPACITY = 1800.0  # veh/h/lane, urban street (the value issue #8 names)
 
 
@@ -126,7 +127,7 @@ def run_env(env) -> EnvRun:
 
 
 # ---------------------------------------------------------------------------- SUMO
-def run_sumo_case(env, routes, work: Path) -> dict:
+def run_sumo_case(env, routes, work: Path, junction_control: bool = False) -> dict:
     net = env.network
     spacing = sumo_io.jam_spacing(net)
     ep = sumo_io.Episode(
@@ -141,7 +142,8 @@ def run_sumo_case(env, routes, work: Path) -> dict:
     add, info = sumo_io.meso_types_file(net, net_file, work / "meso_types.add.xml", spacing)
     rou = sumo_io.write_routes(net, ep, work / "case.rou.xml", vehicle_length=spacing * 2 / 3, min_gap=spacing / 3)
     end = 20 * ep.horizon_s  # long enough for every vehicle SUMO can finish
-    res = sumo_io.run_sumo(net_file, rou, work / "sumo", meso=True, end_s=end, additional=[add])
+    extra = ["--meso-junction-control", "true"] if junction_control else []
+    res = sumo_io.run_sumo(net_file, rou, work / "sumo", meso=True, end_s=end, additional=[add], extra_args=extra)
     tt = np.full(env.spec.num_agents, np.nan)
     for i, t in res.travel_time.items():
         tt[i] = t
@@ -152,7 +154,7 @@ def run_sumo_case(env, routes, work: Path) -> dict:
     gap = 4.0 * float(free.max()) + 60.0
     lone = dataclasses.replace(ep, depart_s=np.arange(len(routes)) * gap)
     rou_lone = sumo_io.write_routes(net, lone, work / "lone.rou.xml", vehicle_length=spacing * 2 / 3, min_gap=spacing / 3)
-    res_lone = sumo_io.run_sumo(net_file, rou_lone, work / "sumo-lone", meso=True, additional=[add])
+    res_lone = sumo_io.run_sumo(net_file, rou_lone, work / "sumo-lone", meso=True, additional=[add], extra_args=extra)
     lone_tt = np.array([res_lone.travel_time.get(i, np.nan) for i in range(len(routes))])
     info.update(
         lone_mean_tt_sumo=float(np.nanmean(lone_tt)),
@@ -241,7 +243,9 @@ def compare(env, env_run: EnvRun, ref_tt: np.ndarray) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
-    p.add_argument("--sims", default=",".join(SIMS), help="comma-separated: sumo, uxsim")
+    p.add_argument("--sims", default=",".join(DEFAULT_SIMS),
+                   help="comma-separated: sumo, uxsim, sumo-jc (meso with --meso-junction-control: "
+                        "traffic lights and right of way, which the env does not model)")
     p.add_argument("--out", default=None, help="keep SUMO's files here (default: a temporary directory)")
     args = p.parse_args(argv)
     cases = [c for c in args.cases.split(",") if c]
@@ -250,7 +254,7 @@ def main(argv=None) -> int:
     if bad:
         print(f"validate_traffic: unknown case or simulator {bad[0]!r}", file=sys.stderr)
         return 2
-    if "sumo" in sims and not sumo_io.has_sumo():
+    if any(s.startswith("sumo") for s in sims) and not sumo_io.has_sumo():
         print("validate_traffic: SUMO not found; install leed_jax[sumo] or pass --sims uxsim", file=sys.stderr)
         return 2
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="leed-validate-"))
@@ -268,8 +272,8 @@ def main(argv=None) -> int:
             "env_wall_s": env_run.wall_s,
         }
         for sim in sims:
-            if sim == "sumo":
-                ref = run_sumo_case(env, env_run.routes, root / case)
+            if sim in ("sumo", "sumo-jc"):
+                ref = run_sumo_case(env, env_run.routes, root / case / sim, junction_control=sim == "sumo-jc")
             else:
                 ref = run_uxsim_case(env, env_run.routes)
             row[sim] = {**compare(env, env_run, ref["travel_time"]), **ref["info"]}
