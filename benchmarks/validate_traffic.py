@@ -37,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
 import leed_jax
@@ -97,7 +98,8 @@ def build_case(name: str) -> TrafficEnv:
         net = env.network
         extra = sumo_io.junction_lengths(net, sumo_io.network_source(env))
         net2 = dataclasses.replace(net, link_length=net.link_length + extra)
-        env2 = TrafficEnv(net2, env.demand, env.params, name=name)
+        o, d, dep = sumo_io.episode_demand(env, env.reset(jax.random.PRNGKey(0))[1])  # the same vehicles
+        env2 = TrafficEnv(net2, Demand(o, d, dep), env.params, name=name)
         env2.scenario = env.scenario  # same source .net.xml for SUMO
         return env2
     # The shipped scenarios, as they are.
@@ -107,31 +109,41 @@ def build_case(name: str) -> TrafficEnv:
 # ---------------------------------------------------------------------------- the env
 @dataclasses.dataclass
 class EnvRun:
+    origin: np.ndarray  # [N] this episode's demand
+    dest: np.ndarray  # [N]
+    depart_s: np.ndarray  # [N] s
     routes: list[list[int]]
     travel_time: np.ndarray  # [N] s
     arrived: np.ndarray  # [N] bool
     deviated: int  # vehicles whose realised route differs from the fixed one
+    filled_links: int
     wall_s: float
 
 
 def run_env(env) -> EnvRun:
+    """One episode of ``env`` (seed 0) with every vehicle on its fixed fastest route."""
     net = env.network
-    routes = sumo_io.shortest_routes(net, env.demand.origin, env.demand.destination)
+    _, state = env.reset(jax.random.PRNGKey(0))
+    origin, dest, depart = sumo_io.episode_demand(env, state)
+    routes = sumo_io.shortest_routes(net, origin, dest)
     t0 = time.perf_counter()
-    ep = sumo_io.record_episode(env, sumo_io.route_policy(env, routes))
+    ep = sumo_io.record_episode(env, sumo_io.route_policy(env, routes, origin, dest), state=state)
     wall = time.perf_counter() - t0
     deviated = sum(
         1 for r, got, a in zip(routes, ep.routes, ep.arrived) if (got != r if a else got != r[: len(got)])
     )
-    return EnvRun(routes, ep.travel_time, ep.arrived, deviated, wall)
+    return EnvRun(origin, dest, ep.depart_s, routes, ep.travel_time, ep.arrived, deviated, ep.filled_links, wall)
 
 
 # ---------------------------------------------------------------------------- SUMO
-def run_sumo_case(env, routes, work: Path, junction_control: bool = False) -> dict:
+def run_sumo_case(env, run: EnvRun, work: Path, junction_control: bool = False) -> dict:
     net = env.network
     spacing = sumo_io.jam_spacing(net)
+    routes = run.routes
     ep = sumo_io.Episode(
-        depart_s=np.asarray(env.demand.departure, np.float64) * env.params.dt,
+        origin=run.origin,
+        destination=run.dest,
+        depart_s=run.depart_s,
         routes=routes,
         travel_time=np.zeros(env.spec.num_agents),
         arrived=np.zeros(env.spec.num_agents, bool),
@@ -165,7 +177,7 @@ def run_sumo_case(env, routes, work: Path, junction_control: bool = False) -> di
 
 
 # ---------------------------------------------------------------------------- UXsim
-def run_uxsim_case(env, routes) -> dict:
+def run_uxsim_case(env, run: EnvRun) -> dict:
     import uxsim
 
     net = env.network
@@ -190,9 +202,9 @@ def run_uxsim_case(env, routes) -> dict:
             number_of_lanes=int(lanes[e]), capacity_out=float(q[e] * lanes[e]),
         )
     vehs = []
-    dep = np.asarray(env.demand.departure, np.float64) * env.params.dt
+    routes = run.routes
     for i, r in enumerate(routes):
-        v = w.addVehicle(names[env.demand.origin[i]], names[env.demand.destination[i]], float(dep[i]), name=f"veh{i}")
+        v = w.addVehicle(names[run.origin[i]], names[run.dest[i]], float(run.depart_s[i]), name=f"veh{i}")
         v.enforce_route([f"l{e}" for e in r])
         vehs.append(v)
     t0 = time.perf_counter()
@@ -209,7 +221,7 @@ def run_uxsim_case(env, routes) -> dict:
 # ---------------------------------------------------------------------------- comparison
 def compare(env, env_run: EnvRun, ref_tt: np.ndarray) -> dict:
     horizon = env.params.dt * env.spec.horizon
-    dep = np.asarray(env.demand.departure, np.float64) * env.params.dt
+    dep = env_run.depart_s
     env_tt = env_run.travel_time
     env_ok = env_run.arrived
     ref_ok = np.isfinite(ref_tt)
@@ -269,13 +281,14 @@ def main(argv=None) -> int:
             "horizon_s": env.params.dt * env.spec.horizon,
             "mean_free_flow_s": float(free.mean()),
             "env_route_deviations": env_run.deviated,
+            "env_filled_links": env_run.filled_links,
             "env_wall_s": env_run.wall_s,
         }
         for sim in sims:
             if sim in ("sumo", "sumo-jc"):
-                ref = run_sumo_case(env, env_run.routes, root / case / sim, junction_control=sim == "sumo-jc")
+                ref = run_sumo_case(env, env_run, root / case / sim, junction_control=sim == "sumo-jc")
             else:
-                ref = run_uxsim_case(env, env_run.routes)
+                ref = run_uxsim_case(env, env_run)
             row[sim] = {**compare(env, env_run, ref["travel_time"]), **ref["info"]}
             r = row[sim]
             print(

@@ -67,9 +67,13 @@ def test_route_policy_follows_a_route_through_a_node_twice():
 def test_gaps_between_observations_are_closed_along_links():
     net = grid_network(1, 4)  # 0 - 1 - 2 - 3
     link = {(int(s), int(t)): i for i, (s, t) in enumerate(zip(net.link_src, net.link_dst))}
-    # seen on 0->1, then standing at node 3: it crossed 1->2 and 2->3 unseen
-    route = sumo_io._assemble_route(net, 0, np.array([link[0, 1], -1, -1]), np.array([1, 3, 3]))
+    # chose 0->1 and was seen on it, then standing at node 3: crossed 1->2 and 2->3 unseen
+    chosen = np.array([link[0, 1], link[1, 2], -1])
+    route, filled = sumo_io._assemble_route(
+        net, 0, 3, chosen, np.array([True, False, False]), np.array([link[0, 1], -1, -1]), np.array([1, 3, 3])
+    )
     assert route == [link[0, 1], link[1, 2], link[2, 3]]
+    assert filled == (0 if hasattr(net, "link_next") else 2)
 
 
 def test_bad_routes_are_named():

@@ -57,23 +57,40 @@ class Episode:
     """One realised episode of a traffic env.
 
     Attributes (``N`` vehicles):
+        origin, destination [N] int: this episode's nodes (an env that draws its demand per
+        episode has them in its state);
         depart_s [N] float: scheduled departure time, seconds from the episode start;
         routes list[list[int]]: each vehicle's links in the order driven (empty: never moved);
-        travel_time [N] float: the env's travel time, seconds (up to the horizon when unfinished);
+        travel_time [N] float: the env's travel time, seconds (time en route up to the horizon
+        when unfinished);
         arrived [N] bool: reached its destination within the horizon;
-        dt: the env's step, seconds; horizon_s: the episode length, seconds.
+        dt: the env's step, seconds; horizon_s: the episode length, seconds;
+        filled_links: links that no observation showed and were filled in along the free-flow
+        shortest path between two observed positions (0 when the env reports its choices).
     """
 
+    origin: np.ndarray
+    destination: np.ndarray
     depart_s: np.ndarray
     routes: list[list[int]]
     travel_time: np.ndarray
     arrived: np.ndarray
     dt: float
     horizon_s: float
+    filled_links: int = 0
 
     @property
     def num_vehicles(self) -> int:
         return len(self.depart_s)
+
+
+def episode_demand(env, state) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(origin, destination, departure step) ``[N]`` of the episode that ``state`` belongs to:
+    the state's own demand where the env keeps one per episode, else the scenario's."""
+    if hasattr(state, "dest") and hasattr(state, "origin") and hasattr(state, "depart"):
+        return np.asarray(state.origin), np.asarray(state.dest), np.asarray(state.depart)
+    d = env.demand
+    return np.asarray(d.origin), np.asarray(d.destination), np.asarray(d.departure)
 
 
 # ---------------------------------------------------------------------------- recording
@@ -84,11 +101,13 @@ def record_episode(env, policy: Policy, key=None, state=None) -> Episode:
     :class:`RoutePolicy`. ``state`` defaults to ``env.reset(key)``. The whole episode runs as one
     ``jax.lax.scan`` under ``jit``; the routes are assembled on the host afterwards.
 
-    A link is recorded when a vehicle is seen on it at the end of a step. Where the env moves a
-    vehicle across more than one link inside one step, the links it crossed unseen are the
-    ones ``info["links_entered"]`` reports when the env provides it; otherwise the gap is closed
-    with the network's free-flow shortest path (counted in ``Episode`` routes' validity checks
-    by :func:`check_routes`).
+    Per step the recorder keeps the link each vehicle's action chose at its decision node (as
+    the env resolves it: an unavailable slot falls back to the first available one), whether
+    the env used it (``info["decision"]``) and the link the vehicle is on at the end of the
+    step. A vehicle that crosses several nodes within one step takes its chosen link first and
+    then, as the env moves it, the network's fastest links towards its destination
+    (``net.link_next``); what is still unexplained is filled in along free-flow shortest paths
+    and counted in ``Episode.filled_links``.
     """
     import jax
     import jax.numpy as jnp
@@ -102,7 +121,7 @@ def record_episode(env, policy: Policy, key=None, state=None) -> Episode:
     else:
         obs = env._obs(state)
     horizon = env.spec.horizon
-
+    out_links = jnp.asarray(env.network.out_links)
     stateful = hasattr(policy, "init")
 
     def run(obs, state, key):
@@ -113,27 +132,38 @@ def record_episode(env, policy: Policy, key=None, state=None) -> Episode:
                 actions, pc = policy(k_act, obs, state, pc)
             else:
                 actions = policy(k_act, obs, state)
-            obs, state, _, _, info = env.step(k_step, state, jnp.asarray(actions, jnp.int32))
-            return (obs, state, pc), (state.link, state.node)
+            a = jnp.clip(jnp.asarray(actions, jnp.int32), 0, env.spec.num_actions - 1)
+            avail = env.avail_actions(state)
+            ok = jnp.take_along_axis(avail, a[:, None], 1)[:, 0]
+            a = jnp.where(ok, a, jnp.argmax(avail, axis=1))  # the env's own fallback
+            chosen = out_links[state.node, a]
+            obs, state, _, _, info = env.step(k_step, state, a)
+            return (obs, state, pc), (chosen, info["decision"], state.link, state.node)
 
         pc0 = policy.init(state) if stateful else jnp.zeros(())
-        (_, final, _), (links, nodes) = jax.lax.scan(body, (obs, state, pc0), jax.random.split(key, horizon))
-        return final, links, nodes
+        (_, final, _), trace = jax.lax.scan(body, (obs, state, pc0), jax.random.split(key, horizon))
+        return final, trace
 
-    final, links, nodes = jax.jit(run)(obs, state, k_run)
-    links = np.asarray(links)  # [T, N]
-    nodes = np.asarray(nodes)  # [T, N]
+    final, trace = jax.jit(run)(obs, state, k_run)
+    chosen, decision, links, nodes = (np.asarray(x) for x in trace)  # each [T, N]
     net = env.network
-    origin = np.asarray(env.demand.origin)
-    routes = [_assemble_route(net, int(origin[i]), links[:, i], nodes[:, i]) for i in range(links.shape[1])]
+    origin, dest, depart = episode_demand(env, state)
     arrived = np.asarray(final.status) == _arrived_code()
+    routes, filled = [], 0
+    for i in range(chosen.shape[1]):
+        r, f = _assemble_route(net, int(origin[i]), int(dest[i]), chosen[:, i], decision[:, i], links[:, i], nodes[:, i])
+        routes.append(r)
+        filled += f
     return Episode(
-        depart_s=np.asarray(env.demand.departure, np.float64) * float(env.params.dt),
+        origin=origin.astype(np.int64),
+        destination=dest.astype(np.int64),
+        depart_s=depart.astype(np.float64) * float(env.params.dt),
         routes=routes,
         travel_time=np.asarray(final.travel_time, np.float64),
         arrived=arrived,
         dt=float(env.params.dt),
         horizon_s=float(env.params.dt) * horizon,
+        filled_links=filled,
     )
 
 
@@ -143,27 +173,56 @@ def _arrived_code() -> int:
     return int(traffic.ARRIVED)
 
 
-def _assemble_route(net: RoadNetwork, origin: int, links: np.ndarray, nodes: np.ndarray) -> list[int]:
-    """The link sequence of one vehicle from its per-step link ``[T]`` (−1 off-link) and node
-    ``[T]`` (its node, or the head of its link); gaps (links crossed between two observations)
-    are closed along free-flow shortest paths."""
+def _assemble_route(net: RoadNetwork, origin: int, dest: int, chosen, decision, links, nodes) -> tuple[list[int], int]:
+    """One vehicle's link sequence from its per-step chosen link, decision flag, end-of-step
+    link (−1 off a link) and end-of-step node ``[T]`` each; returns it and the number of links
+    filled in by shortest paths."""
+    link_next = getattr(net, "link_next", None)
     route: list[int] = []
-    at = origin  # the node the route has reached so far
-    for link, node in zip(links.tolist(), nodes.tolist()):
-        if link >= 0 and (not route or route[-1] != link):
-            _close_gap(net, route, at, int(net.link_src[link]))
-            route.append(link)
-            at = int(net.link_dst[link])
-        elif link < 0 and node != at and route:
-            # Finished a link (and maybe more) within the step without being seen on them.
-            _close_gap(net, route, at, node)
-            at = node
-    return route
+    filled = 0
+    for c, d, b, node in zip(chosen.tolist(), decision.tolist(), links.tolist(), nodes.tolist()):
+        at = int(net.link_dst[route[-1]]) if route else origin
+        if d and c >= 0 and int(net.link_src[c]) == at:
+            route.append(int(c))  # the action's link at the node it crossed
+            at = int(net.link_dst[c])
+        if b >= 0:
+            if route and route[-1] == b:
+                continue
+            stop = lambda link, b=b: link == b  # noqa: E731
+        else:
+            if not route or at == node:
+                continue
+            stop = lambda link, node=node: int(net.link_dst[link]) == node  # noqa: E731
+        # Crossed further nodes within the step: the env took its fastest links onwards.
+        path = _follow(link_next, route[-1], dest, stop) if (link_next is not None and route) else None
+        if path is not None:
+            route.extend(path)
+            continue
+        target = int(net.link_src[b]) if b >= 0 else node
+        filled += _close_gap(net, route, at, target)
+        if b >= 0:
+            route.append(int(b))
+    return route, filled
 
 
-def _close_gap(net: RoadNetwork, route: list[int], frm: int, to: int) -> None:
-    """Append to ``route`` the free-flow shortest path of links from node ``frm`` to ``to``."""
-    guard = net.num_nodes
+def _follow(link_next: np.ndarray, link: int, dest: int, stop) -> list[int] | None:
+    """The links after ``link`` along ``link_next`` towards ``dest`` up to the first one that
+    ``stop`` accepts, or None if the path ends before."""
+    path: list[int] = []
+    for _ in range(link_next.shape[0]):
+        link = int(link_next[link, dest])
+        if link < 0:
+            return None
+        path.append(link)
+        if stop(link):
+            return path
+    return None
+
+
+def _close_gap(net: RoadNetwork, route: list[int], frm: int, to: int) -> int:
+    """Append to ``route`` the free-flow shortest path of links from node ``frm`` to ``to``;
+    returns how many links it appended."""
+    guard, added = net.num_nodes, 0
     while frm != to and guard > 0:
         nxt = int(net.next_hop[frm, to])
         if nxt < 0:
@@ -172,6 +231,8 @@ def _close_gap(net: RoadNetwork, route: list[int], frm: int, to: int) -> None:
         route.append(int(min(cands, key=lambda l: net.link_tfree[l])))
         frm = nxt
         guard -= 1
+        added += 1
+    return added
 
 
 # ---------------------------------------------------------------------------- policies
@@ -185,14 +246,16 @@ class RoutePolicy:
     make the fastest. ``routes[i]`` must start at vehicle i's origin and end at its
     destination (:func:`check_routes`)."""
 
-    def __init__(self, env, routes: list[list[int]]):
+    def __init__(self, env, routes: list[list[int]], origin=None, destination=None):
         import jax.numpy as jnp
 
         net = env.network
         n = env.spec.num_agents
         if len(routes) != n:
             raise ScenarioError(f"{len(routes)} routes for {n} vehicles")
-        problems = check_routes(net, routes, env.demand.origin, env.demand.destination)
+        origin = env.demand.origin if origin is None else origin
+        destination = env.demand.destination if destination is None else destination
+        problems = check_routes(net, routes, origin, destination)
         if problems:
             raise ScenarioError(f"fixed routes: {problems[0]} ({len(problems)} problems)")
         if any(not r for r in routes):
@@ -227,16 +290,33 @@ class RoutePolicy:
         return self._slot[self._routes[rows, ptr]], ptr
 
 
-def route_policy(env, routes: list[list[int]]) -> RoutePolicy:
+def route_policy(env, routes: list[list[int]], origin=None, destination=None) -> RoutePolicy:
     """The fixed-route policy of ``routes`` (see :class:`RoutePolicy`)."""
-    return RoutePolicy(env, routes)
+    return RoutePolicy(env, routes, origin, destination)
 
 
 def shortest_routes(net: RoadNetwork, origin, destination) -> list[list[int]]:
     """Free-flow fastest link sequences for each origin–destination pair that use only the
-    turns the network allows (Dijkstra on the link graph: one node per link, one arc per
-    allowed turn, weighted by the next link's free-flow time; a virtual node per origin leads
-    into its out-links)."""
+    turns the network allows. Where the network carries the env's own turn-aware tables
+    (``link_tt``, ``link_next``), the route after the first link is the env's fastest path
+    (same ties as the env); otherwise Dijkstra on the link graph (one node per link, one arc
+    per allowed turn, weighted by the next link's free-flow time; a virtual node per origin
+    leads into its out-links)."""
+    link_next, link_tt = getattr(net, "link_next", None), getattr(net, "link_tt", None)
+    if link_next is not None and link_tt is not None:
+        routes = []
+        for o, d in zip(np.asarray(origin).tolist(), np.asarray(destination).tolist()):
+            outs = [int(l) for l in net.out_links[o] if l >= 0]
+            cost = [net.link_tfree[l] + link_tt[l, d] for l in outs]
+            if o == d or not outs or not np.isfinite(min(cost)):
+                raise ScenarioError(f"no route from {net.node_names[o]} to {net.node_names[d]} that respects the turns")
+            r = [outs[int(np.argmin(cost))]]
+            while int(net.link_dst[r[-1]]) != d and len(r) <= net.num_links:
+                r.append(int(link_next[r[-1], d]))
+                if r[-1] < 0:
+                    raise ScenarioError(f"link_next has no way on towards {net.node_names[d]}")
+            routes.append(r)
+        return routes
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import dijkstra
 
@@ -438,7 +518,7 @@ def export_episode(env, episode: Episode, out_dir: str | Path, name: str | None 
     """Write ``env``'s network and ``episode``'s routes into ``out_dir`` (``<name>.net.xml``,
     ``<name>.rou.xml``, ``<name>.sumocfg`` for ``sumo -c``) and return the paths."""
     net = env.network
-    problems = check_routes(net, episode.routes, env.demand.origin, None)
+    problems = check_routes(net, episode.routes, episode.origin, None)
     if problems:
         raise ScenarioError(f"episode routes are not valid SUMO routes: {problems[0]} ({len(problems)} problems)")
     name = name or str(getattr(env, "name", "episode"))
