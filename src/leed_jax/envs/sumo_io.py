@@ -240,10 +240,10 @@ class RoutePolicy:
     """Drives each vehicle along its own fixed link sequence (a stateful policy: its carry is
     a pointer ``[N]`` into each route, which :func:`record_episode` threads through the scan).
 
-    At a decision the vehicle takes ``route[ptr]`` if that link leaves the node it stands at
-    (it has not taken it yet, or was held back), else the pointer moves on by one (it finished
-    ``route[ptr]``). This follows routes that pass a node twice, which turn restrictions can
-    make the fastest. ``routes[i]`` must start at vehicle i's origin and end at its
+    The action is always ``route[ptr]``'s slot at the vehicle's decision node. A vehicle seen on
+    link ``route[k]`` (``k ≥ ptr``) moves the pointer to ``k + 1``; one standing at a node that
+    ``route[ptr]`` does not leave has finished it. This follows routes that pass a node twice
+    (turn restrictions can make them the fastest) and links crossed unseen within one step. ``routes[i]`` must start at vehicle i's origin and end at its
     destination (:func:`check_routes`)."""
 
     def __init__(self, env, routes: list[list[int]], origin=None, destination=None):
@@ -285,7 +285,15 @@ class RoutePolicy:
 
         del key, obs
         rows = jnp.arange(ptr.shape[0])
-        done_link = self._src[self._routes[rows, ptr]] != state.node
+        # On a link: the pointer moves past that link (searching forward from the pointer, so a
+        # route may pass a node twice, and links crossed within one step are skipped).
+        cols = jnp.arange(self._width)[None, :]
+        seen = (self._routes == state.link[:, None]) & (cols >= ptr[:, None]) & (state.link[:, None] >= 0)
+        ptr = jnp.where(seen.any(axis=1), jnp.argmax(seen, axis=1) + 1, ptr)
+        # At a node, not on the link the pointer names: that link is done (an env that lets a
+        # vehicle finish a link within the step it entered never shows it on the link).
+        at_node = state.link < 0
+        done_link = at_node & (self._src[self._routes[rows, jnp.minimum(ptr, self._width - 1)]] != state.node)
         ptr = jnp.minimum(ptr + done_link.astype(jnp.int32), self._width - 1)
         return self._slot[self._routes[rows, ptr]], ptr
 
