@@ -172,14 +172,17 @@ def _mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
-# Episodes recorded when DemoConfig.episodes is None. A traffic scenario's demand is fixed, so
-# one episode covers it; MPE starts every episode at random positions, and demonstrations of a
-# single start teach a policy nothing about the others.
+# Episodes recorded when DemoConfig.episodes is None. A traffic scenario with fixed demand
+# (``resample = false``) needs one episode; MPE starts, and traffic with resampled demand draws,
+# every episode at random, and demonstrations of one episode teach a policy nothing about the
+# others.
 RANDOM_START_EPISODES = {"planner": 64, "llm": 4}
 
 
 def default_episodes(env, source: str) -> int:
-    return 1 if env.family == "traffic" else RANDOM_START_EPISODES[source]
+    if env.family == "traffic" and not getattr(env, "resample", False):
+        return 1
+    return RANDOM_START_EPISODES[source]
 
 
 def run_dg(cfg: DemoConfig, env=None) -> DGResult:

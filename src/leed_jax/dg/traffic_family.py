@@ -24,9 +24,11 @@ class TrafficDG:
         self.env = env
         self.prompts = prompts
         self.graph = RouteGraph.from_network(env.network)
-        self.origin = np.asarray(env.demand.origin)
-        self.destination = np.asarray(env.demand.destination)
-        self.departure = np.asarray(env.demand.departure)
+        # The episode's own vehicles (the env may draw a new demand per episode).
+        src = state if state is not None and hasattr(state, "dest") else None
+        self.origin = np.asarray(src.origin if src is not None else env.demand.origin)
+        self.destination = np.asarray(src.dest if src is not None else env.demand.destination)
+        self.departure = np.asarray(src.depart if src is not None else env.demand.departure)
         self.num_agents = int(self.origin.shape[0])
 
     # ---------------------------------------------------------------- planner

@@ -203,7 +203,9 @@ class Trainer:
         last_gs = jax.vmap(self.env.global_state)(carry.state) if self.centralised else None
         last_value = self.policy.value(state.params, critic_input(carry.obs, last_gs))
         tr = ro.transition
-        advantage, target = gae(tr.reward, ro.value, tr.done, last_value, c.gamma, c.gae_lambda)
+        advantage, target = gae(
+            tr.reward, ro.value, tr.done, last_value, discount_per_step(c, self.env), c.gae_lambda
+        )
 
         # Own episodic returns: per-episode statistics and the EMA of the adaptive schedule.
         ends = ro.episode_end.astype(jnp.float32)  # [T, E]
@@ -297,8 +299,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, params: Params, key: jax.Array, num_envs: int, greedy: bool = True) -> dict:
-        """One episode in each of ``num_envs`` fresh envs: mean per-agent return, per-agent
-        returns ``[N]``, and the env metrics of the finished episodes (means over envs)."""
+        """One episode in each of ``num_envs`` fresh envs, each reset with its own key (so
+        envs that draw their episodes, e.g. traffic with resampled demand, run distinct
+        episodes): per-episode mean return ``[E]``, per-agent returns ``[N]`` (mean over
+        episodes) and the env metrics of each finished episode ``{name: [E]}``."""
         k_reset, k_roll = jax.random.split(key)
         carry = reset_envs(self.env, k_reset, num_envs)
         carry, ro = rollout(
@@ -312,15 +316,36 @@ class Trainer:
             ended[:, None], ro.episode_return[first, env_idx], carry.ep_return
         )  # [E, N]
         last = ro.episode_end.shape[0] - 1
-        metrics = {
-            k: jnp.where(ended, v[first, env_idx], v[last]).mean() for k, v in ro.metrics.items()
-        }
+        metrics = {k: jnp.where(ended, v[first, env_idx], v[last]) for k, v in ro.metrics.items()}
         return {
             "return": agent_return.mean(),
+            "episode_return": agent_return.mean(1),
             "agent_return": agent_return.mean(0),
             "ended_frac": ended.astype(jnp.float32).mean(),
             "metrics": metrics,
         }
+
+
+def ci95(values) -> float:
+    """Half-width of the 95 % confidence interval of the mean of ``values`` (Student t;
+    0 for fewer than two values)."""
+    from scipy.stats import t as student_t
+
+    v = np.asarray(values, float).ravel()
+    v = v[np.isfinite(v)]
+    if len(v) < 2:
+        return 0.0
+    return float(student_t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+
+
+def discount_per_step(config: TrainConfig, env) -> float:
+    """γ per env step: ``gamma ** (dt / gamma_seconds)`` for envs with a clock (traffic:
+    ``env.step_seconds``), so that scenarios with different dt look equally far ahead in
+    seconds; ``gamma`` itself for envs without one."""
+    dt = getattr(env, "step_seconds", None)
+    if dt is None:
+        return float(config.gamma)
+    return float(config.gamma) ** (float(dt) / float(config.gamma_seconds))
 
 
 def make_train(config: TrainConfig, env, demos=None) -> Trainer:
@@ -602,15 +627,22 @@ def train(
         "compile_s": round(compile_s, 2),
         "env_steps_per_s": round(trained_steps * config.seeds / max(loop_s, 1e-9), 1),
         "final_return": float(np.mean(evaluation["return"])),
+        "final_return_ci95": ci95(evaluation["episode_return"]),
         "final_return_seeds": [float(x) for x in evaluation["return"]],
         "eval_episodes": config.eval_envs,
         "eval_greedy": config.eval_greedy,
+        # Episodes differ when the env draws each one (traffic with resampled demand, MPE);
+        # greedy evaluation of a fixed-demand traffic scenario repeats one episode.
+        "eval_distinct_episodes": bool(getattr(env, "resample", env.family != "traffic")),
+        "gamma_per_step": discount_per_step(config, trainer.env),
     }
     summary["metric_names"] = sorted(evaluation["metrics"])
     for k, v in evaluation["metrics"].items():
+        v = np.asarray(v)  # [K, E]
         summary[k] = float(np.mean(v))
+        summary[f"{k}_ci95"] = ci95(v)
         if config.seeds > 1:
-            summary[f"{k}_seeds"] = [float(x) for x in v]
+            summary[f"{k}_seeds"] = [float(x) for x in v.mean(1)]
     if demos is not None:
         summary["demo_return"] = float(np.asarray(demos.agent_return).mean())
     run.write_summary(summary)
