@@ -46,7 +46,10 @@ from leed_jax.envs.demand import Demand, random_demand
 from leed_jax.envs.network import RoadNetwork, grid_network
 from leed_jax.envs.traffic import TrafficEnv, TrafficParams
 
-CASES = ("grid-uncongested", "bottleneck", "traffic-grid-large", "traffic-sumo-drt", "traffic-sumo-drt+junctions")
+CASES = (
+    "grid-uncongested", "bottleneck", "traffic-grid-large", "traffic-grid-large-x6",
+    "traffic-sumo-drt", "traffic-sumo-drt+junctions",
+)
 SIMS = ("sumo", "uxsim", "sumo-jc")  # sumo-jc: SUMO meso with junction control (not by default)
 DEFAULT_SIMS = ("sumo", "uxsim")
 LANE_CAPACITY = 1800.0  # veh/h/lane, urban street (the value issue #8 names)
@@ -90,6 +93,10 @@ def build_case(name: str) -> TrafficEnv:
         dep = np.arange(n, dtype=np.int32)  # steps of dt = 2 s: one vehicle per step
         demand = Demand(np.zeros(n, np.int32), np.full(n, 3, np.int32), dep)
         return TrafficEnv(net, demand, _params(2.0, 400), name=name)
+    if name == "traffic-grid-large-x6":
+        # The shipped 10x10 grid with six times its vehicles (6,000 over the same 400 s
+        # window): its busiest links run at capacity and queues spill back.
+        return leed_jax.make_env("traffic-grid-large", num_agents=6000, horizon=300)
     if name == "traffic-sumo-drt+junctions":
         # The shipped DRT scenario with each link lengthened by the mean junction crossing
         # (SUMO's internal lanes) into its next links: the distance SUMO's vehicles drive and

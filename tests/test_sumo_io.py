@@ -39,29 +39,23 @@ def _random_policy(env):
 
 
 def test_fixed_routes_are_driven_and_recorded_exactly():
+    """Vehicle 0 drives out, back through its origin, then on to its destination (a node passed
+    twice); the others their fastest routes. The recording gives back exactly those links."""
     env = _grid_env()
     net = env.network
     routes = sumo_io.shortest_routes(net, env.demand.origin, env.demand.destination)
     assert sumo_io.check_routes(net, routes, env.demand.origin, env.demand.destination) == []
-    ep = sumo_io.record_episode(env, sumo_io.route_policy(env, routes))
-    assert ep.arrived.all()
-    assert ep.routes == routes
     free = np.array([net.link_tfree[r].sum() for r in routes])
     np.testing.assert_allclose(free, net.tt[env.demand.origin, env.demand.destination])
-    # Lone vehicles drive at free flow.
-    np.testing.assert_allclose(ep.travel_time, free, atol=1e-3)
-
-
-def test_route_policy_follows_a_route_through_a_node_twice():
-    env = _grid_env(n=1)
-    net = env.network
-    o, d = int(env.demand.origin[0]), int(env.demand.destination[0])
+    o = int(env.demand.origin[0])
     first = int(net.out_links[o][0])
     back = int(next(l for l in net.out_links[net.link_dst[first]] if l >= 0 and net.link_dst[l] == o))
-    rest = sumo_io.shortest_routes(net, [o], [d])[0]
-    route = [first, back, *rest]  # out, back to the origin, then the fastest way
-    ep = sumo_io.record_episode(env, sumo_io.route_policy(env, [route]))
-    assert ep.routes == [route] and ep.arrived.all()
+    routes[0] = [first, back, *routes[0]]
+    ep = sumo_io.record_episode(env, sumo_io.route_policy(env, routes))
+    assert ep.arrived.all()
+    assert ep.routes == routes and ep.filled_links == 0
+    # Lone vehicles drive at free flow (vehicle 0 took a detour).
+    np.testing.assert_allclose(ep.travel_time[1:], free[1:], atol=1e-3)
 
 
 def test_gaps_between_observations_are_closed_along_links():
@@ -128,10 +122,11 @@ def test_exported_grid_episode_loads_in_sumo_and_matches_free_flow(tmp_path):
 
 @needs_sumo
 def test_sumo_network_export_copies_the_net_and_routes_use_its_edges(tmp_path):
+    """A random policy on the OSM network: the env's turn restrictions make every realised
+    route a route SUMO accepts on its own network, which is copied unchanged."""
     env = leed_jax.make_env("traffic-sumo-drt", num_agents=12)
-    net = env.network
-    routes = sumo_io.shortest_routes(net, env.demand.origin, env.demand.destination)
-    ep = sumo_io.record_episode(env, sumo_io.route_policy(env, routes))
+    ep = sumo_io.record_episode(env, _random_policy(env))
+    assert sumo_io.check_routes(env.network, ep.routes, ep.origin, None) == []
     files = sumo_io.export_episode(env, ep, tmp_path)
     assert files["net"].read_bytes() == sumo_io.network_source(env).read_bytes()
     res = sumo_io.run_sumo(files["net"], files["routes"], tmp_path / "out", meso=True, end_s=3600)
