@@ -1,6 +1,6 @@
 """Validate the JAX traffic env against real traffic simulators on the same fixed routes.
 
-    python benchmarks/validate_traffic.py                       # all cases, SUMO meso + UXsim
+    python benchmarks/validate_traffic.py                       # all cases, SUMO meso + UXsim (~16 min)
     python benchmarks/validate_traffic.py --cases bottleneck --sims sumo --out /tmp/val
 
 For every case the same network, vehicles, departure times and fixed routes (each vehicle's
@@ -19,6 +19,12 @@ density); flow capacity per lane (SUMO: meso headways ``tau = 3600/q − spacing
 type, see :func:`leed_jax.envs.sumo_io.meso_types_file`; UXsim: the reaction time of the
 median link, so its fundamental diagram reaches ``q`` there, and each link's outflow capped
 at its ``q``). Nothing is fitted to the env's results.
+
+Cases: ``grid-uncongested`` (6x6 grid, 50 vehicles), ``bottleneck`` (60 vehicles into a
+600 veh/h link), ``traffic-grid-large`` (shipped), ``traffic-grid-large-x6`` (the same with
+6,000 vehicles: congested), ``traffic-sumo-drt`` (shipped) and ``traffic-sumo-drt+junctions``
+(its links lengthened by SUMO's junction crossings). ``--sims sumo-jc`` adds SUMO meso with
+junction control (traffic lights, right of way), which the env does not model.
 
 Per case and simulator: vehicles, how many arrived in each, mean travel time of the vehicles
 that arrived in both (env and reference), their ratio (env / reference; target 0.9–1.1), the
