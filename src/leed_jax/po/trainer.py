@@ -138,6 +138,7 @@ class Trainer:
     centralised: bool
     use_ppo: bool
     use_expert: bool
+    full_demos: bool = False  # the expert loss uses the whole demo buffer (see sample_demo)
 
     @property
     def num_agents(self) -> int:
@@ -241,7 +242,17 @@ class Trainer:
         return jax.tree_util.tree_map(lambda x: x[perm].reshape(shape + x.shape[1:]), data)
 
     def sample_demo(self, key: jax.Array, demos):
-        """One minibatch's demonstrations (per agent ``expert_batch_size`` of its own)."""
+        """One minibatch's demonstrations: ``obs [N, B, D]``, ``action [N, B]``, ``avail [N, B,
+        A]``, ``weight [N, B]``.
+
+        When the buffer holds no more decisions per agent (``M``) than ``expert_batch_size``
+        (traffic: one episode's 4–16 decisions), every minibatch uses the whole buffer, each
+        agent's valid entries weighted equally: the exact mean that sampling
+        ``expert_batch_size`` of them with replacement only estimates, at ``M`` rows instead
+        of ``expert_batch_size`` (e.g. 16 instead of 64) and without a gather. Larger buffers
+        are sampled (``expert_batch_size`` per agent, uniformly among its decisions)."""
+        if self.full_demos:
+            return demos.obs, demos.action, demos.avail, demos.valid.astype(jnp.float32)
         return sample_demos(key, demos, self.config.expert_batch_size)
 
     def minibatch_step(self, carry, mb: MiniBatchData, demo, weight: jax.Array):
@@ -390,6 +401,7 @@ def make_train(config: TrainConfig, env, demos=None) -> Trainer:
         centralised=centralised,
         use_ppo=config.algo != "bc",
         use_expert=use_expert,
+        full_demos=use_expert and demos.obs.shape[1] <= config.expert_batch_size,
     )
 
 
