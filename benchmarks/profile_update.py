@@ -46,15 +46,15 @@ from leed_jax.po.gae import gae
 from leed_jax.po.trainer import chunk_record, make_train
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from env_throughput import make_rollout  # noqa: E402
+from env_throughput import make_rollout
 
 PRESETS = {
     # JaxMARL's ippo_ff_mpe.yaml: 16 envs x 128 steps, 4 epochs x 4 minibatches.
-    "peer": dict(scenario="mpe-spread", algo="ippo", num_agents=3, num_envs=16, num_steps=128,
-                 update_epochs=4, num_minibatches=4, lr=2.5e-4, anneal_lr=True),
+    "peer": {"scenario": "mpe-spread", "algo": "ippo", "num_agents": 3, "num_envs": 16, "num_steps": 128,
+                 "update_epochs": 4, "num_minibatches": 4, "lr": 2.5e-4, "anneal_lr": True},
     # train_throughput.py's N = 1,000 row: 4 envs x 32 steps, 4 epochs x 1 minibatch.
-    "traffic1000": dict(scenario="traffic-grid-large", algo="leed", num_agents=1000, num_envs=4,
-                        num_steps=32, update_epochs=4, num_minibatches=1, expert_batch_size=32),
+    "traffic1000": {"scenario": "traffic-grid-large", "algo": "leed", "num_agents": 1000, "num_envs": 4,
+                        "num_steps": 32, "update_epochs": 4, "num_minibatches": 1, "expert_batch_size": 32},
 }
 
 
@@ -119,7 +119,7 @@ def profile(preset: dict, reps: int) -> dict:
     t["rollout"] = _timeit(collect, state, reps=reps)
     env_only = make_rollout(tr.env, cfg.num_envs, cfg.num_steps)
     t["env_only"] = _timeit(env_only, k, reps=reps)
-    carry, ro, last_value = collect(state)
+    _carry, ro, last_value = collect(state)
     g = jax.jit(lambda r, v, d, lv: gae(r, v, d, lv, cfg.gamma, cfg.gae_lambda))
     tt = ro.transition
     t["gae"] = _timeit(g, tt.reward, ro.value, tt.done, last_value, reps=reps)
