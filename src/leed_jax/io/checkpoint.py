@@ -71,7 +71,7 @@ class Checkpointer:
             try:
                 with _quiet_absl():
                     self._save(step, leaves, meta)
-            except BaseException as exc:  # re-raised in the caller's thread by wait()
+            except BaseException as exc:  # noqa: BLE001 -- re-raised in the caller's thread by wait()
                 self._error = exc
 
         self._thread = threading.Thread(target=write, name="checkpoint-save", daemon=True)
