@@ -3,9 +3,10 @@
 The state is saved as the flat list of its leaves (plus a small JSON record); restoring needs
 a state of the same structure (a freshly initialised one), whose tree definition puts the
 leaves back. That keeps the files independent of how the state's containers (NamedTuples,
-optax states, env states) are spelled. Saves are synchronous and atomic (orbax writes to a
-temporary directory and renames it), so a run killed at any moment — SIGKILL included —
-leaves only whole checkpoints behind.
+optax states, env states) are spelled. A save copies the state to host memory and writes it
+in a background thread (one at a time), so training goes on meanwhile. Saves are atomic
+(orbax writes to a temporary directory and renames it), so a run killed at any moment —
+SIGKILL included — leaves only whole checkpoints behind.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import pathlib
+import threading
 from typing import Any
 
 import jax
@@ -44,19 +46,47 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "meta")
         )
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def latest_step(self) -> int | None:
+        self.wait()
         self._manager.reload()
         return self._manager.latest_step()
 
     def all_steps(self) -> list[int]:
+        self.wait()
         self._manager.reload()
         return list(self._manager.all_steps())
 
-    def save(self, step: int, state: Any, meta: dict) -> None:
-        leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(jax.device_get(state))]
-        with _quiet_absl():
-            self._save(step, leaves, meta)
+    def save(self, step: int, state: Any, meta: dict, wait: bool = False) -> None:
+        """Copy ``state`` to host memory now and write it in a background thread, so training
+        goes on while the files are written (one save in flight at a time: the next save,
+        ``latest_step``, ``restore`` and ``close`` wait for it). ``wait``: return only once
+        the checkpoint is on disk."""
+        leaves = [np.array(x) for x in jax.tree_util.tree_leaves(jax.device_get(state))]
+        self.wait()
+
+        def write():
+            try:
+                with _quiet_absl():
+                    self._save(step, leaves, meta)
+            except BaseException as exc:  # noqa: BLE001 -- re-raised in the caller's thread by wait()
+                self._error = exc
+
+        self._thread = threading.Thread(target=write, name="checkpoint-save", daemon=True)
+        self._thread.start()
+        if wait:
+            self.wait()
+
+    def wait(self) -> None:
+        """Block until the save in flight (if any) is on disk; raise its error, if any."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
     def _save(self, step: int, leaves: list, meta: dict) -> None:
         self._manager.save(
@@ -70,6 +100,7 @@ class Checkpointer:
 
     def restore(self, like: Any, step: int | None = None) -> tuple[Any, dict]:
         """``(state, meta)`` of ``step`` (default: the latest), shaped like ``like``."""
+        self.wait()
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
@@ -85,7 +116,10 @@ class Checkpointer:
         return state, dict(restored["meta"])
 
     def close(self) -> None:
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
 
 
 def has_checkpoint(run_dir: str | pathlib.Path) -> bool:

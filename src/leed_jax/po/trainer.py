@@ -138,6 +138,7 @@ class Trainer:
     centralised: bool
     use_ppo: bool
     use_expert: bool
+    full_demos: bool = False  # the expert loss uses the whole demo buffer (see sample_demo)
 
     @property
     def num_agents(self) -> int:
@@ -191,17 +192,22 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ update
-    def update(self, state: TrainState, demos=None) -> tuple[TrainState, dict]:
-        """One PPO(+expert) update: rollout, GAE, ``update_epochs`` x ``num_minibatches``
-        minibatch steps. ``demos``: the ``DemoBuffer`` (needed by leed and bc)."""
+    def collect(self, state: TrainState):
+        """Rollout of the current policy -> ``(carry, rollout, last_value [E, N])``."""
         c = self.config
-        rng, k_roll, k_epochs = jax.random.split(state.rng, 3)
+        _, k_roll, _ = jax.random.split(state.rng, 3)
         carry, ro = rollout(
             self.env, self.policy, state.params, state.env, k_roll, c.num_steps,
             centralised=self.centralised,
         )
         last_gs = jax.vmap(self.env.global_state)(carry.state) if self.centralised else None
         last_value = self.policy.value(state.params, critic_input(carry.obs, last_gs))
+        return carry, ro, last_value
+
+    def batch(self, state: TrainState, ro, last_value, demos=None):
+        """GAE, the adaptive schedule's return EMA and the expert weights -> ``(data,
+        weight [N], return_ema [N], return_seen [N])``, data flattened to ``[S, N, ...]``."""
+        c = self.config
         tr = ro.transition
         advantage, target = gae(
             tr.reward, ro.value, tr.done, last_value, discount_per_step(c, self.env), c.gae_lambda
@@ -228,38 +234,69 @@ class Trainer:
             target=flat(target), decision=flat(tr.decision),
             global_state=None if ro.global_state is None else flat(ro.global_state),
         )
-        num_samples = c.batch_steps
+        return data, weight, return_ema, return_seen
+
+    def shuffle(self, data: MiniBatchData, key: jax.Array) -> MiniBatchData:
+        """One epoch's minibatches: a permutation of the samples -> ``[M, B, N, ...]``."""
+        c = self.config
+        perm = jax.random.permutation(key, c.batch_steps)
+        shape = (c.num_minibatches, c.minibatch_size)
+        return jax.tree_util.tree_map(lambda x: x[perm].reshape(shape + x.shape[1:]), data)
+
+    def sample_demo(self, key: jax.Array, demos):
+        """One minibatch's demonstrations: ``obs [N, B, D]``, ``action [N, B]``, ``avail [N, B,
+        A]``, ``weight [N, B]``.
+
+        When the buffer holds no more decisions per agent (``M``) than ``expert_batch_size``
+        (traffic: one episode's 4–16 decisions), every minibatch uses the whole buffer, each
+        agent's valid entries weighted equally: the exact mean that sampling
+        ``expert_batch_size`` of them with replacement only estimates, at ``M`` rows instead
+        of ``expert_batch_size`` (e.g. 16 instead of 64) and without a gather. Larger buffers
+        are sampled (``expert_batch_size`` per agent, uniformly among its decisions)."""
+        if self.full_demos:
+            return demos.obs, demos.action, demos.avail, demos.valid.astype(jnp.float32)
+        return sample_demos(key, demos, self.config.expert_batch_size)
+
+    def minibatch_step(self, carry, mb: MiniBatchData, demo, weight: jax.Array):
+        """Gradient of every agent's loss on one minibatch and one optimiser step."""
+        params, opt_state = carry
         grad = jax.value_and_grad(self.loss, has_aux=True)
+        (loss, (terms, ex)), grads = grad(params, mb, demo, weight)
+        updates, opt_state = self.optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        gnorm = optax.tree.norm(grads) if self.policy.share else per_agent_norm(grads).mean()
+        stats = {"loss": loss, "expert_loss": ex.mean(), "grad_norm": gnorm}
+        stats.update({k: v.mean() for k, v in terms._asdict().items()})
+        return (params, opt_state), stats
+
+    def update(self, state: TrainState, demos=None) -> tuple[TrainState, dict]:
+        """One PPO(+expert) update: rollout, GAE, ``update_epochs`` x ``num_minibatches``
+        minibatch steps. ``demos``: the ``DemoBuffer`` (needed by leed and bc)."""
+        c = self.config
+        rng, _, k_epochs = jax.random.split(state.rng, 3)
+        carry, ro, last_value = self.collect(state)
+        data, weight, return_ema, return_seen = self.batch(state, ro, last_value, demos)
 
         def minibatch_step(carry, xs):
-            params, opt_state = carry
             mb, key = xs
-            demo = sample_demos(key, demos, c.expert_batch_size) if self.use_expert else None
-            (loss, (terms, ex)), grads = grad(params, mb, demo, weight)
-            updates, opt_state = self.optimizer.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            gnorm = (
-                optax.tree.norm(grads) if self.policy.share else per_agent_norm(grads).mean()
-            )
-            stats = {"loss": loss, "expert_loss": ex.mean(), "grad_norm": gnorm}
-            stats.update({k: v.mean() for k, v in terms._asdict().items()})
-            return (params, opt_state), stats
+            demo = self.sample_demo(key, demos) if self.use_expert else None
+            return self.minibatch_step(carry, mb, demo, weight)
 
         def epoch(carry, key):
             k_perm, k_demo = jax.random.split(key)
-            perm = jax.random.permutation(k_perm, num_samples)
-            shape = (c.num_minibatches, c.minibatch_size)
-            mbs = jax.tree_util.tree_map(lambda x: x[perm].reshape(shape + x.shape[1:]), data)
+            mbs = self.shuffle(data, k_perm)
             keys = jax.random.split(k_demo, c.num_minibatches)
             return jax.lax.scan(minibatch_step, carry, (mbs, keys))
 
         (params, opt_state), stats = jax.lax.scan(
             epoch, (state.params, state.opt_state), jax.random.split(k_epochs, c.update_epochs)
         )
+        tr = ro.transition
+        ends = ro.episode_end.astype(jnp.float32)  # [T, E]
         metrics = {k: v.mean() for k, v in stats.items()}
         metrics.update(
             expert_weight=weight.mean(),
-            episodes=n_end,
+            episodes=ends.sum(),
             return_sum=(ro.episode_return.mean(-1) * ends).sum(),
             env={k: (v * ends).sum() for k, v in ro.metrics.items()},
             reward_mean=tr.reward.mean(),
@@ -389,6 +426,7 @@ def make_train(config: TrainConfig, env, demos=None) -> Trainer:
         centralised=centralised,
         use_ppo=config.algo != "bc",
         use_expert=use_expert,
+        full_demos=use_expert and demos.obs.shape[1] <= config.expert_batch_size,
     )
 
 
