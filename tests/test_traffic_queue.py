@@ -87,7 +87,7 @@ def test_lone_vehicles_take_continuous_free_flow_time(dt, where):
 
 
 def test_conservation_every_step_and_consistent_counters():
-    env = leed_jax.make_env("traffic-grid", num_agents=300)  # over capacity: queues form
+    env = leed_jax.make_env("traffic-grid", num_agents=300, departure_window=20, hotspots=4)  # queues form
     final, (states, info, _) = _run(env, env.spec.horizon, policy="random")
     status = np.asarray(states.status)
     departed = (np.asarray(states.depart) < np.asarray(states.t)[:, None]) | (status != WAITING)
@@ -97,11 +97,13 @@ def test_conservation_every_step_and_consistent_counters():
     np.testing.assert_array_equal(counts.sum(1), on.sum(1))  # entries - exits = vehicles on links
     storage = env.network.link_storage
     assert (counts <= storage[None] + 1e-6).all()  # storage is never exceeded
-    # each link's vehicles hold distinct FIFO tickets head..tail-1
+    # each link holds tail - head vehicles with distinct entry tickets below tail (they leave
+    # in order of reaching the link's end, so the tickets left need not be contiguous)
     s = jax.tree_util.tree_map(lambda x: np.asarray(x)[30], states)
     for e in np.unique(s.link[s.status == ON_LINK]):
-        tickets = np.sort(s.ticket[(s.status == ON_LINK) & (s.link == e)])
-        np.testing.assert_array_equal(tickets, np.arange(s.head[e], s.tail[e]))
+        tickets = s.ticket[(s.status == ON_LINK) & (s.link == e)]
+        assert len(np.unique(tickets)) == len(tickets) == s.tail[e] - s.head[e]
+        assert tickets.max() < s.tail[e]
     assert (np.diff(arrived.astype(int), axis=0) >= 0).all()
     assert arrived[-1].mean() > 0.3 and float(np.asarray(info["metrics"]["unfinished"])[-1]) >= 0
 
@@ -212,21 +214,21 @@ def test_episodes_draw_their_own_demand_unless_fixed():
     _, s1 = env.reset(jax.random.PRNGKey(1))
     _, s2 = env.reset(jax.random.PRNGKey(2))
     _, s1b = env.reset(jax.random.PRNGKey(1))
-    assert (np.asarray(s1.dest) != np.asarray(s2.dest)).any()
-    np.testing.assert_array_equal(s1.dest, s1b.dest)
+    assert (np.asarray(s1.origin) != np.asarray(s2.origin)).any()
+    np.testing.assert_array_equal(s1.origin, s1b.origin)
     o, d = np.asarray(s1.origin), np.asarray(s1.dest)
     assert (o != d).all() and np.isfinite(env.network.tt[o, d]).all()
     assert set(np.unique(d)) <= set(env.demand_model.pool.tolist())  # the scenario's hotspots
     fixed = leed_jax.make_env("traffic-grid", resample=False)
     _, f1 = fixed.reset(jax.random.PRNGKey(1))
     _, f2 = fixed.reset(jax.random.PRNGKey(2))
-    np.testing.assert_array_equal(f1.dest, f2.dest)
-    np.testing.assert_array_equal(f1.dest, fixed.demand.destination)
+    np.testing.assert_array_equal(f1.origin, f2.origin)
+    np.testing.assert_array_equal(f1.origin, fixed.demand.origin)
 
 
 @pytest.mark.parametrize("model", ["bpr", "step"])
 def test_other_link_models_run_and_conserve(model):
-    env = leed_jax.make_env("traffic-grid", num_agents=100, link_model=model)
+    env = leed_jax.make_env("traffic-grid", num_agents=100, link_model=model, departure_window=20, hotspots=4)
     final, (states, info, _) = _run(env, env.spec.horizon)
     status = np.asarray(states.status)
     np.testing.assert_array_equal(np.asarray(info["link_counts"]).sum(1), (status == ON_LINK).sum(1))

@@ -52,8 +52,12 @@ def _traffic_policy(env) -> Policy:
         rows = jnp.arange(targets.shape[0])
         # state.node is the vehicle's decision node (the node ahead while on a link), so the
         # pointer moves on as soon as the current target is the node it will decide at.
-        here = state.node == targets[rows, ptr]
-        ptr = jnp.minimum(ptr + here.astype(ptr.dtype), targets.shape[1] - 1)
+        # A vehicle may cross several nodes within one step; resynchronise the pointer to
+        # just past the decision node's first occurrence in the rest of the plan.
+        cols = jnp.arange(targets.shape[1])
+        match = (targets == state.node[:, None]) & (cols[None, :] >= ptr[:, None])
+        ptr = jnp.where(match.any(axis=1), jnp.argmax(match, axis=1) + 1, ptr)
+        ptr = jnp.minimum(ptr, targets.shape[1] - 1)
         return env.slot_towards(state, targets[rows, ptr]), ptr
 
     return policy

@@ -25,7 +25,8 @@ out-links); further nodes reached within the same step follow the free-flow fast
 (``RoadNetwork.link_next``), so a lone vehicle's travel time is its route's continuous
 free-flow time for any dt. ``info["decision"]`` marks the vehicles whose action was used
 (they crossed their next node, or left their origin, in this step). The per-step work is a
-static loop of ``moves`` passes (``jax.lax.fori_loop``); each pass lets the head of every
+loop of at most ``moves`` passes (``jax.lax.while_loop``, stopping after a pass in which
+nobody moved; shapes stay static); each pass lets the head of every
 link's queue (and every departing vehicle) move once, so one link releases at most ``moves``
 vehicles per step; the default covers the largest ``q_e · dt``. Vehicles that could still
 have moved when the passes ran out are counted in ``info["pending_moves"]`` (0 in a
@@ -356,8 +357,8 @@ class TrafficEnv:
         dep_s = s.depart.astype(jnp.float32) * p.dt
         inf = jnp.float32(jnp.inf)
 
-        def one_pass(_, c):
-            status, node, link, prev, enter, ready, ticket, blocked, last_move, arrive, head, tail, free_at, used, decided = c
+        def one_pass(c):
+            status, node, link, prev, enter, ready, ticket, blocked, last_move, arrive, head, tail, free_at, used, decided = c[:15]
             ls = jnp.maximum(link, 0)
             on = status == ON_LINK
             departing = status == AT_NODE
@@ -420,12 +421,16 @@ class TrafficEnv:
             arrive = jnp.where(arriving, x, arrive)
             decided = decided | (entering & ~used)
             used = used | cross
-            return status, node, link, prev, enter, ready, ticket, blocked, last_move, arrive, head, tail, free_at, used, decided
+            return (status, node, link, prev, enter, ready, ticket, blocked, last_move, arrive, head, tail, free_at,
+                    used, decided, c[15] + 1, cross.any())
 
+        # A pass in which nobody crosses changes nothing, so every later pass would not either:
+        # stop there (exactly the same result as running all ``moves`` passes, usually sooner).
         init = (s.status, s.node, s.link, s.prev_link, s.enter, s.ready, s.ticket, s.blocked, s.last_move, s.arrive_time,
-                s.head, s.tail, s.free_at, jnp.zeros(n, bool), jnp.zeros(n, bool))
-        out = jax.lax.fori_loop(0, self.moves, one_pass, init)
-        status, node, link, prev, enter, ready, ticket, blocked, last_move, arrive, head, tail, free_at, _, decided = out
+                s.head, s.tail, s.free_at, jnp.zeros(n, bool), jnp.zeros(n, bool), jnp.zeros((), jnp.int32),
+                jnp.ones((), bool))
+        out = jax.lax.while_loop(lambda c: (c[15] < self.moves) & c[16], one_pass, init)
+        status, node, link, prev, enter, ready, ticket, blocked, last_move, arrive, head, tail, free_at, _, decided = out[:15]
         arrived_now = (status == ARRIVED) & (s.status != ARRIVED)
         on = status == ON_LINK
         progress = jnp.where(on, jnp.clip((t1 - enter) / jnp.maximum(ready - enter, _EPS), 0.0, 1.0), 0.0)
@@ -505,16 +510,15 @@ class TrafficEnv:
 
     # ------------------------------------------------------------------ helpers
     def slot_towards(self, state: TrafficState, next_node: jax.Array) -> jax.Array:
-        """int32 [N]: the slot leading from each vehicle's decision node towards ``next_node``
-        [N] (directly when adjacent, else along the free-flow shortest path)."""
+        """int32 [N]: the allowed slot at each vehicle's decision node on the turn-aware
+        free-flow fastest path to ``next_node`` [N] (the direct link when adjacent and the turn
+        is allowed; a detour when a turn restriction forbids it)."""
         links = self._out[state.node]  # [N, K]
-        dst = jnp.where(links >= 0, self._dst[jnp.maximum(links, 0)], -1)
-        direct = (dst == next_node[:, None]).any(axis=1)
-        hop = self._next_hop[state.node, next_node]
-        target = jnp.where(direct, next_node, hop)
+        ls = jnp.maximum(links, 0)
         avail = self.avail_actions(state)
-        match = (dst == target[:, None]) & avail
-        slot = jnp.where(match.any(axis=1), jnp.argmax(match, axis=1), jnp.argmax(avail, axis=1))
+        cost = self._tfree[ls] + self._link_tt[ls, next_node[:, None]]
+        cost = jnp.where(avail & jnp.isfinite(cost), cost, jnp.inf)
+        slot = jnp.where(jnp.isfinite(cost).any(axis=1), jnp.argmin(cost, axis=1), jnp.argmax(avail, axis=1))
         return slot.astype(jnp.int32)
 
     def fastest_slot(self, state: TrafficState) -> jax.Array:
