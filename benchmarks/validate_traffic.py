@@ -1,6 +1,6 @@
 """Validate the JAX traffic env against real traffic simulators on the same fixed routes.
 
-    python benchmarks/validate_traffic.py                       # all cases, SUMO meso + UXsim (~16 min)
+    python benchmarks/validate_traffic.py                       # all cases, SUMO meso + UXsim
     python benchmarks/validate_traffic.py --cases bottleneck --sims sumo --out /tmp/val
 
 For every case the same network, vehicles, departure times and fixed routes (each vehicle's
@@ -21,8 +21,8 @@ median link, so its fundamental diagram reaches ``q`` there, and each link's out
 at its ``q``). Nothing is fitted to the env's results.
 
 Cases: ``grid-uncongested`` (6x6 grid, 50 vehicles), ``bottleneck`` (60 vehicles into a
-600 veh/h link), ``traffic-grid-large`` (shipped), ``traffic-grid-large-x6`` (the same with
-6,000 vehicles: congested), ``traffic-sumo-drt`` (shipped) and ``traffic-sumo-drt+junctions``
+600 veh/h link), ``traffic-grid-large`` (shipped, congested), ``traffic-sumo-drt`` (shipped,
+congested) and ``traffic-sumo-drt+junctions``
 (its links lengthened by SUMO's junction crossings). ``--sims sumo-jc`` adds SUMO meso with
 junction control (traffic lights, right of way), which the env does not model.
 
@@ -53,8 +53,7 @@ from leed_jax.envs.network import RoadNetwork, grid_network
 from leed_jax.envs.traffic import TrafficEnv, TrafficParams
 
 CASES = (
-    "grid-uncongested", "bottleneck", "traffic-grid-large", "traffic-grid-large-x6",
-    "traffic-sumo-drt", "traffic-sumo-drt+junctions",
+    "grid-uncongested", "bottleneck", "traffic-grid-large", "traffic-sumo-drt", "traffic-sumo-drt+junctions",
 )
 SIMS = ("sumo", "uxsim", "sumo-jc")  # sumo-jc: SUMO meso with junction control (not by default)
 DEFAULT_SIMS = ("sumo", "uxsim")
@@ -99,10 +98,6 @@ def build_case(name: str) -> TrafficEnv:
         dep = np.arange(n, dtype=np.int32)  # steps of dt = 2 s: one vehicle per step
         demand = Demand(np.zeros(n, np.int32), np.full(n, 3, np.int32), dep)
         return TrafficEnv(net, demand, _params(2.0, 400), name=name)
-    if name == "traffic-grid-large-x6":
-        # The shipped 10x10 grid with six times its vehicles (6,000 over the same 400 s
-        # window): its busiest links run at capacity and queues spill back.
-        return leed_jax.make_env("traffic-grid-large", num_agents=6000, horizon=300)
     if name == "traffic-sumo-drt+junctions":
         # The shipped DRT scenario with each link lengthened by the mean junction crossing
         # (SUMO's internal lanes) into its next links: the distance SUMO's vehicles drive and
