@@ -53,7 +53,7 @@ from leed_jax.envs.network import RoadNetwork, grid_network
 from leed_jax.envs.traffic import TrafficEnv, TrafficParams
 
 CASES = (
-    "grid-uncongested", "bottleneck", "traffic-grid-large", "traffic-sumo-drt", "traffic-sumo-drt+junctions",
+    "grid-uncongested", "bottleneck", "traffic-grid-large", "traffic-sumo-drt", "traffic-sumo-drt-nojunctions",
 )
 SIMS = ("sumo", "uxsim", "sumo-jc")  # sumo-jc: SUMO meso with junction control (not by default)
 DEFAULT_SIMS = ("sumo", "uxsim")
@@ -98,14 +98,13 @@ def build_case(name: str) -> TrafficEnv:
         dep = np.arange(n, dtype=np.int32)  # steps of dt = 2 s: one vehicle per step
         demand = Demand(np.zeros(n, np.int32), np.full(n, 3, np.int32), dep)
         return TrafficEnv(net, demand, _params(2.0, 400), name=name)
-    if name == "traffic-sumo-drt+junctions":
-        # The shipped DRT scenario with each link lengthened by the mean junction crossing
-        # (SUMO's internal lanes) into its next links: the distance SUMO's vehicles drive and
-        # the env's SUMO reader leaves out. Not a fit: lengths read from the same .net.xml.
+    if name == "traffic-sumo-drt-nojunctions":
+        # The shipped DRT scenario read without SUMO's junction crossings (internal lanes):
+        # each link as long as its edge alone, as read_sumo did before it added them.
         env = leed_jax.make_env("traffic-sumo-drt")
         net = env.network
-        extra = sumo_io.junction_lengths(net, sumo_io.network_source(env))
-        net2 = dataclasses.replace(net, link_length=net.link_length + extra)
+        net2 = dataclasses.replace(net, link_length=net.link_length - net.link_junction,
+                                   link_junction=np.zeros(net.num_links))
         o, d, dep = sumo_io.episode_demand(env, env.reset(jax.random.PRNGKey(0))[1])  # the same vehicles
         env2 = TrafficEnv(net2, Demand(o, d, dep), env.params, name=name)
         env2.scenario = env.scenario  # same source .net.xml for SUMO

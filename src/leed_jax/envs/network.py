@@ -34,7 +34,9 @@ class RoadNetwork:
         occupancy capacity over the free-flow time, ``3600 · link_capacity / link_tfree``);
         link_storage [E] vehicles a link holds at jam (default ``length · lanes / 7.5 m``,
         at least 1); link_bpr_b, link_bpr_power [E] the BPR law's own coefficients (default
-        0.15 and 4); connections [C, 2] int (from_link, to_link) pairs a vehicle may turn
+        0.15 and 4); link_junction [E] m of ``link_length`` that is the junction crossing at
+        the link's end (SUMO's internal lanes, see :func:`read_sumo`; default 0: storage and
+        exports use ``link_length - link_junction``); connections [C, 2] int (from_link, to_link) pairs a vehicle may turn
         between (default: every out-link of a link's head node). Derived: turn_allowed [E, K]
         bool, ``turn_allowed[e, k]`` = a vehicle arriving on ``e`` may take slot ``k`` of
         ``out_links[link_dst[e]]``.
@@ -62,6 +64,7 @@ class RoadNetwork:
     link_storage: np.ndarray | None = None
     link_bpr_b: np.ndarray | None = None
     link_bpr_power: np.ndarray | None = None
+    link_junction: np.ndarray | None = None
     connections: np.ndarray | None = None
     link_tfree: np.ndarray = dataclasses.field(init=False)
     out_links: np.ndarray = dataclasses.field(init=False)
@@ -128,6 +131,7 @@ class RoadNetwork:
             "link_storage": lambda: np.maximum(self.link_length * self.link_lanes / 7.5, 1.0),
             "link_bpr_b": lambda: np.full(e, 0.15),
             "link_bpr_power": lambda: np.full(e, 4.0),
+            "link_junction": lambda: np.zeros(e),
         }
         for k, make in defaults.items():
             arr = np.asarray(make() if getattr(self, k) is None else getattr(self, k), np.float64)
@@ -207,6 +211,7 @@ class RoadNetwork:
             link_storage=self.link_storage[lk],
             link_bpr_b=self.link_bpr_b[lk],
             link_bpr_power=self.link_bpr_power[lk],
+            link_junction=self.link_junction[lk],
             connections=_remap_connections(self.connections, lk),
         )
 
@@ -368,6 +373,7 @@ def read_sumo(
     vclass: str = "passenger",
     flow_per_lane: float = 1800.0,
     jam_spacing: float = 7.5,
+    junctions: bool = True,
 ) -> RoadNetwork:
     """Read a SUMO ``.net.xml`` (or ``.net.xml.gz``) with sumolib (extra ``leed_jax[sumo]``).
 
@@ -377,6 +383,16 @@ def read_sumo(
     those turns (:meth:`RoadNetwork.largest_strong_component`), so that every origin can reach
     every destination. Flow capacity is ``lanes · flow_per_lane`` veh/h, storage
     ``length · lanes / jam_spacing`` vehicles (at least 1).
+
+    Junction crossings (``junctions=True``, the default): SUMO's vehicles also drive across each
+    junction on its internal lanes, which a link-based env has no element for. Each link's
+    length (hence its free-flow time) includes the crossing into the next links it connects to:
+    per next link the shortest of SUMO's lane-to-lane crossings (the via lanes, all their
+    pieces), averaged over the next links (a link-based model cannot make a left turn longer
+    than a right one). The crossing belongs to the link that leads into the junction, where a
+    vehicle spends it before it reaches the next link's queue; storage stays the edge's own
+    (vehicles do not queue inside the junction). ``junctions=False`` gives the edge lengths
+    alone, SUMO's ``length`` attribute.
     """
     path = Path(path)
     if not path.is_file():
@@ -386,7 +402,7 @@ def read_sumo(
     except ImportError:
         raise ScenarioError("reading SUMO networks needs the 'sumo' extra: pip install 'leed_jax[sumo]'") from None
     try:
-        net = sumolib.net.readNet(str(path), withInternal=False)
+        net = sumolib.net.readNet(str(path), withInternal=junctions)
     except Exception as exc:  # noqa: BLE001 (sumolib raises plain xml/sax errors)
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ScenarioError(f"{path}: not a readable SUMO network ({msg})") from None
@@ -401,9 +417,10 @@ def read_sumo(
     index = {n: i for i, n in enumerate(nodes)}
     coord = {e.getFromNode().getID(): e.getFromNode().getCoord() for e in edges}
     coord.update({e.getToNode().getID(): e.getToNode().getCoord() for e in edges})
-    length = np.array([max(e.getLength(), 1.0) for e in edges])
+    edge_length = np.array([max(e.getLength(), 1.0) for e in edges])
     lanes = np.array([float(e.getLaneNumber()) for e in edges])
     link_of = {e.getID(): i for i, e in enumerate(edges)}
+    crossing = _crossings(net, edges, link_of, vclass) if junctions else np.zeros(len(edges))
     # Lane connections: a vehicle on edge a may take edge b only where SUMO connects a lane of a
     # to a lane of b that both allow vclass (turn restrictions).
     conn = sorted({
@@ -419,15 +436,43 @@ def read_sumo(
         node_names=nodes,
         link_src=np.array([index[e.getFromNode().getID()] for e in edges]),
         link_dst=np.array([index[e.getToNode().getID()] for e in edges]),
-        link_length=length,
+        link_length=edge_length + crossing,
         link_speed=np.array([max(e.getSpeed(), 1.0) for e in edges]),
         link_lanes=lanes,
-        link_capacity=_capacity(length, lanes, capacity_per_lane_km),
+        link_capacity=_capacity(edge_length, lanes, capacity_per_lane_km),
         link_flow_capacity=_flow(lanes, flow_per_lane),
-        link_storage=_storage(length, lanes, jam_spacing),
+        link_storage=_storage(edge_length, lanes, jam_spacing),
+        link_junction=crossing,
         link_ids=[e.getID() for e in edges],
         connections=np.array(conn, np.int32).reshape(-1, 2),
     )
     return full.largest_strong_component()
 
 
+
+
+def _crossings(net, edges, link_of: dict, vclass: str) -> np.ndarray:
+    """[len(edges)] metres: per edge, the mean over the next edges it connects to (lanes that
+    allow ``vclass``) of the shortest junction crossing into that edge (its chain of internal
+    "via" lanes; 0 where SUMO builds none). See :func:`read_sumo`."""
+    out = np.zeros(len(edges))
+    for i, edge in enumerate(edges):
+        per_next = []
+        for to, cons in edge.getOutgoing().items():
+            if to.getID() not in link_of:
+                continue
+            lens = []
+            for con in cons:
+                if not (con.getFromLane().allows(vclass) and con.getToLane().allows(vclass)):
+                    continue
+                total, via, hops = 0.0, con.getViaLaneID(), 0
+                while via and hops < 16:  # a crossing may be split into several internal lanes
+                    lane = net.getLane(via)
+                    total += lane.getLength()
+                    nxt = lane.getOutgoing()
+                    via, hops = (nxt[0].getViaLaneID() if nxt else ""), hops + 1
+                lens.append(total)
+            if lens:
+                per_next.append(min(lens))
+        out[i] = float(np.mean(per_next)) if per_next else 0.0
+    return out

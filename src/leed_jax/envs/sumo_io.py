@@ -592,7 +592,7 @@ def junction_lengths(net: RoadNetwork, net_file: str | Path) -> np.ndarray:
 def jam_spacing(net: RoadNetwork) -> float:
     """The network's jam spacing, metres per vehicle per lane (median of length·lanes/storage
     over links long enough not to be floored at one vehicle)."""
-    per = net.link_length * net.link_lanes / net.link_storage
+    per = (net.link_length - net.link_junction) * net.link_lanes / net.link_storage
     long_enough = net.link_storage > 1.5
     return float(np.median(per[long_enough] if long_enough.any() else per))
 

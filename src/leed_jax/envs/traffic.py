@@ -54,6 +54,7 @@ from leed_jax.envs.network import RoadNetwork
 
 WAITING, AT_NODE, ON_LINK, ARRIVED = 0, 1, 2, 3
 LINK_MODELS = ("queue", "bpr", "step")
+QUEUE_IMPLS = ("auto", "vehicles", "heads")
 _EPS = 1e-5
 _MAX_MOVES = 32
 # Per-agent features before the per-slot block; see TrafficEnv._obs.
@@ -70,7 +71,10 @@ class TrafficParams:
     ``ceil(max q_e · dt / 3600) + 2``, at most 32). stuck_time: seconds without crossing a
     node after which an en-route vehicle counts as stuck (SUMO's time-to-teleport default).
     alpha, beta: BPR coefficients of the ``step`` model (``bpr`` uses the network's per-link
-    ``link_bpr_b`` / ``link_bpr_power``).
+    ``link_bpr_b`` / ``link_bpr_power``). queue_impl: how the queue model's passes are computed,
+    same results either way: "vehicles" (every pass looks at all N vehicles), "heads" (a sort
+    per step, then every pass looks at the 3E queue and departure heads only; queue model with
+    free running time), "auto" (heads where it applies and 3E < N).
     """
 
     dt: float = 10.0
@@ -85,6 +89,7 @@ class TrafficParams:
     queue_running: str = "free"
     moves: int = 0
     stuck_time: float = 300.0
+    queue_impl: str = "auto"
 
     def __post_init__(self):
         checks = {
@@ -106,6 +111,8 @@ class TrafficParams:
                 raise ScenarioError(f"traffic parameter {name}={getattr(self, name)!r} must be {rng}")
         if self.link_model not in LINK_MODELS:
             raise ScenarioError(f"traffic parameter link_model={self.link_model!r} must be one of {', '.join(LINK_MODELS)}")
+        if self.queue_impl not in QUEUE_IMPLS:
+            raise ScenarioError(f"traffic parameter queue_impl={self.queue_impl!r} must be one of {', '.join(QUEUE_IMPLS)}")
         if self.queue_running not in ("free", "bpr"):
             raise ScenarioError(f"traffic parameter queue_running={self.queue_running!r} must be free or bpr")
 
@@ -208,6 +215,12 @@ class TrafficEnv:
         )
         flow = network.link_flow_capacity / 3600.0  # veh/s
         self.moves = params.moves or auto_moves(network, params.dt)
+        heads_ok = params.link_model == "queue" and params.queue_running == "free"
+        if params.queue_impl == "heads" and not heads_ok:
+            raise ScenarioError("queue_impl='heads' needs link_model='queue' with queue_running='free'")
+        self._heads = heads_ok and (
+            params.queue_impl == "heads" or (params.queue_impl == "auto" and 3 * network.num_links < demand.num_agents)
+        )
         f32 = jnp.float32
         finite = np.isfinite(network.tt)
         tt_scale = float(network.tt[finite].max()) or 1.0
@@ -300,7 +313,8 @@ class TrafficEnv:
             new, arrived_now, decision, en_route_s = self._move_rounded(state, chosen)
             pending = jnp.zeros((), jnp.int32)
         else:
-            new, arrived_now, decision, en_route_s = self._move_continuous(state, chosen)
+            move = self._move_heads if self._heads else self._move_continuous
+            new, arrived_now, decision, en_route_s = move(state, chosen)
             pending = self._pending(new)
         t = new.t
         at_horizon = t >= p.horizon
@@ -430,7 +444,16 @@ class TrafficEnv:
                 s.head, s.tail, s.free_at, jnp.zeros(n, bool), jnp.zeros(n, bool), jnp.zeros((), jnp.int32),
                 jnp.ones((), bool))
         out = jax.lax.while_loop(lambda c: (c[15] < self.moves) & c[16], one_pass, init)
-        status, node, link, prev, enter, ready, ticket, blocked, last_move, arrive, head, tail, free_at, _, decided = out[:15]
+        return self._finish_step(s, *out[:13], out[14])
+
+    def _finish_step(self, s, status, node, link, prev, enter, ready, ticket, blocked, last_move, arrive, head, tail,
+                     free_at, decided):
+        """The end of a continuous step (both pass implementations): progress, seconds en route,
+        departures becoming due, travel times."""
+        p = self.params
+        t0 = s.t.astype(jnp.float32) * p.dt
+        t1 = t0 + p.dt
+        dep_s = s.depart.astype(jnp.float32) * p.dt
         arrived_now = (status == ARRIVED) & (s.status != ARRIVED)
         on = status == ON_LINK
         progress = jnp.where(on, jnp.clip((t1 - enter) / jnp.maximum(ready - enter, _EPS), 0.0, 1.0), 0.0)
@@ -449,6 +472,137 @@ class TrafficEnv:
             travel_time=travel_time, arrived_at=arrived_at, head=head, tail=tail, free_at=free_at,
         )
         return new, arrived_now, decided, en_route_s
+
+    def _move_heads(self, s: TrafficState, chosen: jax.Array):
+        """The queue model's step (free running time) with the same passes and the same results
+        as :meth:`_move_continuous`, at O(E) per pass instead of O(N).
+
+        Who can cross in a pass is known in advance: on a link only its FIFO head (by reaching
+        time, then ticket), and among the vehicles departing onto a link the one with the
+        earliest exit time, then the lowest index (the entry rule). One sort per step puts every
+        link's queue and every link's departers in that order; a pass then gathers the E link
+        heads and 2E departer heads (departers split by whether a full link refused them
+        before: those wait for space, the others go at the step start), applies the same rule
+        as :meth:`_move_continuous` to these 3E candidates and scatters the result back. A
+        vehicle that enters a link within the step is behind every vehicle already on it (it
+        entered later, the running time is the link's free-flow time), so a link's head is the
+        next one in its sorted queue, or once that is empty the earliest of the at most
+        ``moves`` vehicles that entered it in this step (a small [E, moves] buffer). A pass that
+        finds a link full blocks every departer towards it: a per-link flag, applied to the
+        departers outside the candidates at the step's end."""
+        p = self.params
+        n, e, m = self.spec.num_agents, self.network.num_links, self.moves
+        t0 = s.t.astype(jnp.float32) * p.dt
+        t1 = t0 + p.dt
+        idx = jnp.arange(n, dtype=jnp.int32)
+        dep_s = s.depart.astype(jnp.float32) * p.dt
+        big = jnp.iinfo(jnp.int32).max
+        on0 = s.status == ON_LINK
+        dep0 = s.status == AT_NODE
+        # A departer without a link (no allowed out-link) arrives at once, as the passes would.
+        gone = dep0 & (chosen < 0)
+        dep0 = dep0 & ~gone
+        # Groups: [0, E) queue of link e; [E, 2E) unrefused departers onto e; [2E, 3E) refused ones.
+        cs = jnp.maximum(chosen, 0)
+        group = jnp.where(on0, jnp.maximum(s.link, 0), jnp.where(dep0, jnp.where(s.blocked, 2 * e, e) + cs, 3 * e))
+        k2 = jnp.where(on0, s.ready, 0.0)
+        k3 = jnp.where(on0, s.ticket, idx)
+        _, _, _, order = jax.lax.sort((group, k2, k3, idx), num_keys=3)  # [N] vehicles by group, FIFO
+        size = jax.ops.segment_sum(jnp.ones(n, jnp.int32), group, 3 * e + 1)[: 3 * e]  # [3E]
+        start = jnp.cumsum(size) - size  # [3E] first position of each group in ``order``
+        links = jnp.arange(e, dtype=jnp.int32)
+        gid = jnp.arange(3 * e, dtype=jnp.int32)
+        slot_k = jnp.arange(m, dtype=jnp.int32)
+
+        status = jnp.where(gone, ARRIVED, s.status)
+        arrive = jnp.where(gone, jnp.maximum(dep_s, t0), s.arrive_time)
+        last_move = jnp.where(gone, jnp.maximum(dep_s, t0), s.last_move)
+        link = jnp.where(gone, -1, s.link)
+
+        def one_pass(c):
+            (status, node, link, prev, enter, ready, ticket, blocked, last_move, arrive, head, tail, free_at, used,
+             decided, taken, fresh, refused, k, _) = c
+            # Candidates: the next vehicle of every group; a link whose queue of the step start
+            # is empty offers its earliest vehicle that entered within the step instead.
+            from_queue = taken < size
+            cand = jnp.where(from_queue, order[jnp.minimum(start + taken, n - 1)], n)  # [3E]
+            fs = jnp.minimum(fresh, n - 1)  # [E, M]
+            still = (fresh < n) & (status[fs] == ON_LINK) & (link[fs] == links[:, None])
+            r_f = jnp.where(still, ready[fs], jnp.inf)
+            t_f = jnp.where(still & (r_f <= r_f.min(axis=1, keepdims=True)), ticket[fs], big)
+            j = jnp.argmin(t_f, axis=1)
+            fresh_head = jnp.where(still.any(axis=1), fresh[links, j], n)
+            cand = cand.at[:e].set(jnp.where(from_queue[:e], cand[:e], fresh_head))
+            valid = cand < n
+            v = jnp.minimum(cand, n - 1)
+            c_status = status[v]
+            on = valid & (c_status == ON_LINK)
+            departing = valid & (c_status == AT_NODE)
+            c_link = link[v]
+            ls = jnp.maximum(c_link, 0)
+            c_dest = s.dest[v]
+            c_used = used[v]
+            at_dest = on & (node[v] == c_dest)
+            nxt = jnp.where(c_used, self._link_next[ls, c_dest], chosen[v])
+            nxt = jnp.where(at_dest, -1, nxt)
+            ns = jnp.maximum(nxt, 0)
+            # Unrefused departers become refused once a pass found their link full.
+            c_blocked = blocked[v] | (departing & (gid >= e) & (gid < 2 * e) & refused[ns])
+            x = jnp.where(on, jnp.maximum(ready[v], free_at[ls]), dep_s[v])
+            space_time = free_at[ns] - self._headway[ns]
+            x = jnp.where(c_blocked & (nxt >= 0), jnp.maximum(x, space_time), x)
+            x = jnp.maximum(x, t0)
+            want = (on | departing) & (x < t1)
+            counts = (tail - head).astype(jnp.float32)
+            into = want & (nxt >= 0)
+            seg = jnp.where(into, nxt, e)
+            xmin = jax.ops.segment_min(jnp.where(into, x, jnp.inf), seg, e + 1)
+            first = into & (x <= xmin[seg])
+            imin = jax.ops.segment_min(jnp.where(first, cand, n), seg, e + 1)
+            winner = first & (cand == imin[seg])
+            space = counts[ns] < self._storage[ns]
+            cross = want & ((nxt < 0) | (winner & space))
+            c_blocked = jnp.where(cross, False, c_blocked | (into & ~space))
+            refused = refused.at[jnp.where(departing & into & ~space, ns, e)].set(True, mode="drop")
+            leaving = cross & on
+            entering = cross & (nxt >= 0)
+            arriving = cross & (nxt < 0)
+            head = head.at[jnp.where(leaving, ls, e)].add(1, mode="drop")
+            free_at = free_at.at[jnp.where(leaving, ls, e)].set(x + self._headway[ls], mode="drop")
+            new_ticket = tail[ns]
+            tail = tail.at[jnp.where(entering, ns, e)].add(1, mode="drop")
+            taken = taken + (cross & from_queue).astype(jnp.int32)
+            fresh = fresh.at[jnp.where(entering, ns, e), k].set(cand, mode="drop")
+            w = jnp.where(valid, cand, n)  # scatter target (n: dropped)
+
+            def put(arr, val):
+                return arr.at[w].set(val, mode="drop")
+
+            status = put(status, jnp.where(arriving, ARRIVED, jnp.where(entering, ON_LINK, c_status)))
+            prev = put(prev, jnp.where(entering, c_link, prev[v]))
+            link = put(link, jnp.where(entering, nxt, jnp.where(arriving, -1, c_link)))
+            node = put(node, jnp.where(entering, self._dst[ns], node[v]))
+            enter = put(enter, jnp.where(entering, x, enter[v]))
+            ready = put(ready, jnp.where(entering, x + self._tfree[ns], ready[v]))
+            ticket = put(ticket, jnp.where(entering, new_ticket, ticket[v]))
+            blocked = put(blocked, c_blocked)
+            last_move = put(last_move, jnp.where(cross, x, last_move[v]))
+            arrive = put(arrive, jnp.where(arriving, x, arrive[v]))
+            decided = put(decided, decided[v] | (entering & ~c_used))
+            used = put(used, c_used | cross)
+            return (status, node, link, prev, enter, ready, ticket, blocked, last_move, arrive, head, tail, free_at,
+                    used, decided, taken, fresh, refused, k + 1, cross.any())
+
+        init = (status, s.node, link, s.prev_link, s.enter, s.ready, s.ticket, s.blocked, last_move, arrive,
+                s.head, s.tail, s.free_at, gone, jnp.zeros(n, bool), jnp.zeros(3 * e, jnp.int32),
+                jnp.full((e, m), n, jnp.int32), jnp.zeros(e, bool), jnp.zeros((), jnp.int32), jnp.ones((), bool))
+        out = jax.lax.while_loop(lambda c: (c[18] < m) & c[19], one_pass, init)
+        (status, node, link, prev, enter, ready, ticket, blocked, last_move, arrive, head, tail, free_at, _,
+         decided, _, _, refused, _, _) = out
+        # Departers outside the candidates that a full link refused in some pass.
+        blocked = blocked | ((status == AT_NODE) & refused[cs] & (chosen >= 0))
+        return self._finish_step(s, status, node, link, prev, enter, ready, ticket, blocked, last_move, arrive, head,
+                                 tail, free_at, decided)
 
     def _move_rounded(self, s: TrafficState, chosen: jax.Array):
         """The original step-rounded BPR model (``link_model="step"``): decisions at a node,
