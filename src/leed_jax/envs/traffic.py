@@ -218,8 +218,14 @@ class TrafficEnv:
         heads_ok = params.link_model == "queue" and params.queue_running == "free"
         if params.queue_impl == "heads" and not heads_ok:
             raise ScenarioError("queue_impl='heads' needs link_model='queue' with queue_running='free'")
+        # Ring of each link's vehicles by ticket (queue_impl="heads"): more slots than a link
+        # ever holds plus the ticket window searched for its head.
+        self._ring = int(np.ceil(network.link_storage.max())) + 2 * self.moves + 1
+        ring_cells = network.num_links * self._ring
         self._heads = heads_ok and (
-            params.queue_impl == "heads" or (params.queue_impl == "auto" and 3 * network.num_links < demand.num_agents)
+            params.queue_impl == "heads"
+            or (params.queue_impl == "auto" and 3 * network.num_links < demand.num_agents
+                and ring_cells <= 8 * demand.num_agents)
         )
         f32 = jnp.float32
         finite = np.isfinite(network.tt)
@@ -504,15 +510,22 @@ class TrafficEnv:
         dep0 = dep0 & ~gone
         # Groups: [0, E) queue of link e; [E, 2E) unrefused departers onto e; [2E, 3E) refused ones.
         cs = jnp.maximum(chosen, 0)
-        group = jnp.where(on0, jnp.maximum(s.link, 0), jnp.where(dep0, jnp.where(s.blocked, 2 * e, e) + cs, 3 * e))
-        k2 = jnp.where(on0, s.ready, 0.0)
-        k3 = jnp.where(on0, s.ticket, idx)
-        _, _, _, order = jax.lax.sort((group, k2, k3, idx), num_keys=3)  # [N] vehicles by group, FIFO
-        size = jax.ops.segment_sum(jnp.ones(n, jnp.int32), group, 3 * e + 1)[: 3 * e]  # [3E]
-        start = jnp.cumsum(size) - size  # [3E] first position of each group in ``order``
+        c_ring = self._ring
+        # Every link's vehicles by ticket: ring[e, ticket % C] (C > storage + 2M: no live clash).
+        ring = jnp.full((e, c_ring), n, jnp.int32)
+        ring = ring.at[jnp.where(on0, s.link, e), s.ticket % c_ring].set(idx, mode="drop")  # [E, C]
+        # The first M departers (lowest index) onto each link, unrefused [0, E) / refused [E, 2E).
+        dgroup = jnp.where(dep0, jnp.where(s.blocked, e, 0) + cs, 2 * e)
+        left = dep0
+        firsts = []
+        for _ in range(m):
+            lo = jax.ops.segment_min(jnp.where(left, idx, n), jnp.where(left, dgroup, 2 * e), 2 * e + 1)[: 2 * e]
+            firsts.append(lo)
+            left = left & (idx != lo[jnp.minimum(dgroup, 2 * e - 1)])
+        dtab = jnp.stack(firsts, axis=1)  # [2E, M] vehicle ids, n where none
         links = jnp.arange(e, dtype=jnp.int32)
         gid = jnp.arange(3 * e, dtype=jnp.int32)
-        slot_k = jnp.arange(m, dtype=jnp.int32)
+        window = jnp.arange(-m, m, dtype=jnp.int32)  # tickets around each link's exit counter
 
         status = jnp.where(gone, ARRIVED, s.status)
         arrive = jnp.where(gone, jnp.maximum(dep_s, t0), s.arrive_time)
@@ -521,18 +534,19 @@ class TrafficEnv:
 
         def one_pass(c):
             (status, node, link, prev, enter, ready, ticket, blocked, last_move, arrive, head, tail, free_at, used,
-             decided, taken, fresh, refused, k, _) = c
-            # Candidates: the next vehicle of every group; a link whose queue of the step start
-            # is empty offers its earliest vehicle that entered within the step instead.
-            from_queue = taken < size
-            cand = jnp.where(from_queue, order[jnp.minimum(start + taken, n - 1)], n)  # [3E]
-            fs = jnp.minimum(fresh, n - 1)  # [E, M]
-            still = (fresh < n) & (status[fs] == ON_LINK) & (link[fs] == links[:, None])
-            r_f = jnp.where(still, ready[fs], jnp.inf)
-            t_f = jnp.where(still & (r_f <= r_f.min(axis=1, keepdims=True)), ticket[fs], big)
-            j = jnp.argmin(t_f, axis=1)
-            fresh_head = jnp.where(still.any(axis=1), fresh[links, j], n)
-            cand = cand.at[:e].set(jnp.where(from_queue[:e], cand[:e], fresh_head))
+             decided, taken, ring, refused, k, _) = c
+            # Link heads: the remaining vehicles form blocks by entry step (at most M each, FIFO
+            # within), so the head is among the tickets head-M .. head+M-1.
+            tk = head[:, None] + window  # [E, 2M]
+            rv = ring[links[:, None], tk % c_ring]
+            rs = jnp.minimum(rv, n - 1)
+            live = (tk >= 0) & (rv < n) & (status[rs] == ON_LINK) & (link[rs] == links[:, None]) & (ticket[rs] == tk)
+            r_w = jnp.where(live, ready[rs], jnp.inf)
+            t_w = jnp.where(live & (r_w <= r_w.min(axis=1, keepdims=True)), tk, big)
+            j = jnp.argmin(t_w, axis=1)
+            link_head = jnp.where(live.any(axis=1), rv[links, j], n)  # [E]
+            dep_head = jnp.where(taken < m, dtab[jnp.arange(2 * e), jnp.minimum(taken, m - 1)], n)  # [2E]
+            cand = jnp.concatenate([link_head, dep_head])  # [3E]
             valid = cand < n
             v = jnp.minimum(cand, n - 1)
             c_status = status[v]
@@ -571,8 +585,8 @@ class TrafficEnv:
             free_at = free_at.at[jnp.where(leaving, ls, e)].set(x + self._headway[ls], mode="drop")
             new_ticket = tail[ns]
             tail = tail.at[jnp.where(entering, ns, e)].add(1, mode="drop")
-            taken = taken + (cross & from_queue).astype(jnp.int32)
-            fresh = fresh.at[jnp.where(entering, ns, e), k].set(cand, mode="drop")
+            taken = taken + cross[e:].astype(jnp.int32)
+            ring = ring.at[jnp.where(entering, ns, e), new_ticket % c_ring].set(cand, mode="drop")
             w = jnp.where(valid, cand, n)  # scatter target (n: dropped)
 
             def put(arr, val):
@@ -591,11 +605,11 @@ class TrafficEnv:
             decided = put(decided, decided[v] | (entering & ~c_used))
             used = put(used, c_used | cross)
             return (status, node, link, prev, enter, ready, ticket, blocked, last_move, arrive, head, tail, free_at,
-                    used, decided, taken, fresh, refused, k + 1, cross.any())
+                    used, decided, taken, ring, refused, k + 1, cross.any())
 
         init = (status, s.node, link, s.prev_link, s.enter, s.ready, s.ticket, s.blocked, last_move, arrive,
-                s.head, s.tail, s.free_at, gone, jnp.zeros(n, bool), jnp.zeros(3 * e, jnp.int32),
-                jnp.full((e, m), n, jnp.int32), jnp.zeros(e, bool), jnp.zeros((), jnp.int32), jnp.ones((), bool))
+                s.head, s.tail, s.free_at, gone, jnp.zeros(n, bool), jnp.zeros(2 * e, jnp.int32),
+                ring, jnp.zeros(e, bool), jnp.zeros((), jnp.int32), jnp.ones((), bool))
         out = jax.lax.while_loop(lambda c: (c[18] < m) & c[19], one_pass, init)
         (status, node, link, prev, enter, ready, ticket, blocked, last_move, arrive, head, tail, free_at, _,
          decided, _, _, refused, _, _) = out
