@@ -30,8 +30,9 @@ nobody moved; shapes stay static); each pass lets the head of every
 link's queue (and every departing vehicle) move once, so one link releases at most ``moves``
 vehicles per step; the default covers the largest ``q_e · dt``. Vehicles that could still
 have moved when the passes ran out are counted in ``info["pending_moves"]`` (0 in a
-well-sized setup). Each pass is O(N + E): gathers and a few scatters, no sort, no Python loop
-over agents.
+well-sized setup). Each pass is O(N + E) (``queue_impl="vehicles"``: gathers and a few scatters
+over all vehicles), or O(E) after O(M·N) per step (``"heads"``, :meth:`TrafficEnv._move_heads`:
+only the 3E link and departer heads are looked at; identical results).
 
 Turn restrictions: a vehicle on link e may only take the out-links that
 ``RoadNetwork.turn_allowed[e]`` permits (SUMO lane connections), and only those from which its
