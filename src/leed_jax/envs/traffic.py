@@ -515,6 +515,10 @@ class TrafficEnv:
         # Every link's vehicles by ticket: ring[e, ticket % C] (C > storage + 2M: no live clash).
         ring = jnp.full((e, c_ring), n, jnp.int32)
         ring = ring.at[jnp.where(on0, s.link, e), s.ticket % c_ring].set(idx, mode="drop")  # [E, C]
+        # Their reaching times beside them; a vehicle's slot is cleared when it leaves, so a
+        # ring entry is always a vehicle on that link (no per-vehicle gathers to check it).
+        ring_r = jnp.full((e, c_ring), jnp.inf, jnp.float32).at[jnp.where(on0, s.link, e), s.ticket % c_ring].set(
+            s.ready, mode="drop")
         # The first M departers (lowest index) onto each link, unrefused [0, E) / refused [E, 2E).
         dgroup = jnp.where(dep0, jnp.where(s.blocked, e, 0) + cs, 2 * e)
         left = dep0
@@ -535,14 +539,14 @@ class TrafficEnv:
 
         def one_pass(c):
             (status, node, link, prev, enter, ready, ticket, blocked, last_move, arrive, head, tail, free_at, used,
-             decided, taken, ring, refused, k, _) = c
+             decided, taken, ring, ring_r, refused, k, _) = c
             # Link heads: the remaining vehicles form blocks by entry step (at most M each, FIFO
             # within), so the head is among the tickets head-M .. head+M-1.
             tk = head[:, None] + window  # [E, 2M]
-            rv = ring[links[:, None], tk % c_ring]
-            rs = jnp.minimum(rv, n - 1)
-            live = (tk >= 0) & (rv < n) & (status[rs] == ON_LINK) & (link[rs] == links[:, None]) & (ticket[rs] == tk)
-            r_w = jnp.where(live, ready[rs], jnp.inf)
+            slot = tk % c_ring
+            rv = ring[links[:, None], slot]
+            live = (tk >= 0) & (rv < n)
+            r_w = jnp.where(live, ring_r[links[:, None], slot], jnp.inf)
             t_w = jnp.where(live & (r_w <= r_w.min(axis=1, keepdims=True)), tk, big)
             j = jnp.argmin(t_w, axis=1)
             link_head = jnp.where(live.any(axis=1), rv[links, j], n)  # [E]
@@ -587,7 +591,9 @@ class TrafficEnv:
             new_ticket = tail[ns]
             tail = tail.at[jnp.where(entering, ns, e)].add(1, mode="drop")
             taken = taken + cross[e:].astype(jnp.int32)
+            ring = ring.at[jnp.where(leaving, ls, e), ticket[v] % c_ring].set(n, mode="drop")
             ring = ring.at[jnp.where(entering, ns, e), new_ticket % c_ring].set(cand, mode="drop")
+            ring_r = ring_r.at[jnp.where(entering, ns, e), new_ticket % c_ring].set(x + self._tfree[ns], mode="drop")
             w = jnp.where(valid, cand, n)  # scatter target (n: dropped)
 
             def put(arr, val):
@@ -606,14 +612,15 @@ class TrafficEnv:
             decided = put(decided, decided[v] | (entering & ~c_used))
             used = put(used, c_used | cross)
             return (status, node, link, prev, enter, ready, ticket, blocked, last_move, arrive, head, tail, free_at,
-                    used, decided, taken, ring, refused, k + 1, cross.any())
+                    used, decided, taken, ring, ring_r, refused, k + 1, cross.any())
 
         init = (status, s.node, link, s.prev_link, s.enter, s.ready, s.ticket, s.blocked, last_move, arrive,
                 s.head, s.tail, s.free_at, gone, jnp.zeros(n, bool), jnp.zeros(2 * e, jnp.int32),
-                ring, jnp.zeros(e, bool), jnp.zeros((), jnp.int32), jnp.ones((), bool))
-        out = jax.lax.while_loop(lambda c: (c[18] < m) & c[19], one_pass, init)
+                ring, ring_r, jnp.zeros(e, bool), jnp.zeros((), jnp.int32), jnp.ones((), bool))
+        # Stop after a pass in which nobody crossed, as in _move_continuous (same result).
+        out = jax.lax.while_loop(lambda c: (c[19] < m) & c[20], one_pass, init)
         (status, node, link, prev, enter, ready, ticket, blocked, last_move, arrive, head, tail, free_at, _,
-         decided, _, _, refused, _, _) = out
+         decided, _, _, _, refused, _, _) = out
         # Departers outside the candidates that a full link refused in some pass.
         blocked = blocked | ((status == AT_NODE) & refused[cs] & (chosen >= 0))
         return self._finish_step(s, status, node, link, prev, enter, ready, ticket, blocked, last_move, arrive, head,
