@@ -8,6 +8,8 @@ agent_steps_per_s, compile_s, peak_rss_mb, load average. The batch keeps about 2
 slots per step (num_envs = max(1, 32768 // N)), so per-agent figures compare like with like.
 The link models run alternately in one process (queue = the continuous-time spatial queue,
 step = the old step-rounded BPR model), so their ratio is meaningful on a shared machine.
+Each queue row says which pass implementation ``queue_impl="auto"`` chose (``heads`` where
+3E < N: identical results, O(E) per pass).
 A last row steps the city-scale ``traffic-anaheim`` scenario (its whole OD matrix, 104,694
 vehicles, one env, scenario default model) when its TNTP files are present
 (``../shared/data/tntp/``), else says why it is missing.
@@ -66,6 +68,8 @@ def bench(scenario: str, n: int, steps: int, agent_slots: int, model: str | None
         "scenario": scenario,
         "link_model": model or "default",
         "moves_per_step": getattr(env, "moves", None),
+        # The queue model's pass implementation "auto" chose (same results; see TrafficParams).
+        "queue_impl": ("heads" if getattr(env, "_heads", False) else "vehicles") if model == "queue" else None,
         "loadavg_1m": round(os.getloadavg()[0], 2),
         "num_agents": n,
         "num_envs": num_envs,

@@ -226,7 +226,7 @@ class TrafficEnv:
         self._heads = heads_ok and (
             params.queue_impl == "heads"
             or (params.queue_impl == "auto" and 3 * network.num_links < demand.num_agents
-                and ring_cells <= 8 * demand.num_agents)
+                and ring_cells <= 16 * demand.num_agents)
         )
         f32 = jnp.float32
         finite = np.isfinite(network.tt)
