@@ -74,8 +74,10 @@ def result_row(algo: str, n: int, cell: pathlib.Path, summary: dict) -> dict:
         "final_return": round(mean, 5),
         "final_return_std": round(std, 5),
         "mean_travel_time": summary.get("mean_travel_time", float("nan")),
-        **{k: summary.get(k, float("nan")) for k in ("ue_mean_travel_time", "so_mean_travel_time",
-                                                       "gap_to_ue_pct", "gap_to_so_pct")},
+        # None (JSON null, an empty CSV cell) where a cell has no yardsticks: NaN != NaN would
+        # make a read-back row differ from itself.
+        **{k: summary.get(k) for k in ("ue_mean_travel_time", "so_mean_travel_time",
+                                       "gap_to_ue_pct", "gap_to_so_pct")},
         "arrival_rate": summary.get("arrival_rate", float("nan")),
         "env_steps": summary.get("env_steps"),
         "env_steps_per_s": sps,

@@ -165,6 +165,20 @@ def _build_cost(num_bins: int, bin_s: float):
     return jax.jit(run)
 
 
+_COMPILED: dict = {}
+
+
+def _compiled(builder, env, num_bins: int, bin_s: float):
+    """One jitted function per (builder, env, bins): repeated plans (the DG stage's episodes,
+    the yardsticks' two objectives per episode) reuse its compilation. Keeps ``env`` alive."""
+    key = (builder.__name__, id(env), num_bins, float(bin_s))
+    hit = _COMPILED.get(key)
+    if hit is None or hit[0] is not env:
+        fn = builder(env, num_bins, bin_s) if env is not None else builder(num_bins, bin_s)
+        hit = _COMPILED[key] = (env, fn)
+    return hit[1]
+
+
 # ----------------------------------------------------------------------------- planner
 def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig = EquilibriumConfig(),
                 initial: list[list[int]] | None = None, progress: bool = False) -> PlanResult:
@@ -190,8 +204,10 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
         for i, p in enumerate(initial):
             if len(p) >= 2 and p not in per_pair[inverse[i]]:
                 per_pair[inverse[i]].append(list(p))
-    k = max(1, max(len(p) for p in per_pair))
+    # Padded to stable sizes so that episodes of one scenario share one compiled cost function.
+    k = max(1, max(len(p) for p in per_pair), config.candidates + 1)
     max_len = max(1, max((len(p) - 1 for ps in per_pair for p in ps), default=1))
+    max_len = -(-max_len // 16) * 16
     links = -np.ones((n, k, max_len), np.int32)
     valid = np.zeros((n, k), bool)
     pair_links = [[_links_of(graph, p) for p in ps] for ps in per_pair]
@@ -210,8 +226,8 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
         return [per_pair[inverse[i]][ch[i]] if valid[i, ch[i]] else [int(origin[i])]
                 for i in range(n)]
 
-    sim = _build_sim(env, num_bins, bin_s)
-    cost_fn = _build_cost(num_bins, bin_s)
+    sim = _compiled(_build_sim, env, num_bins, bin_s)
+    cost_fn = _compiled(_build_cost, None, num_bins, bin_s)
     tfree = graph.link_tfree[:, None] * np.ones((1, num_bins))
     flow = np.asarray(getattr(env.network, "link_flow_capacity", None)
                       if getattr(env.network, "link_flow_capacity", None) is not None
