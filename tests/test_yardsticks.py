@@ -112,9 +112,9 @@ def test_off_switches_and_fixed_demand(env, monkeypatch):
     assert fields["yardstick_episodes"] == 1
 
 
-def test_tables_carry_the_yardsticks():
+def test_tables_carry_the_yardsticks(tmp_path):
     from leed_jax.run import print_table
-    from leed_jax.sweep import RESULT_COLUMNS, result_row
+    from leed_jax.sweep import RESULT_COLUMNS, plot_scaling, result_row
 
     s = {"final_return": -1.0, "mean_travel_time": 90.0, "env_steps": 10, "wall_s": 1.0,
          **ys.compare([90.0], {"ue_mean_travel_time": [80.0], "so_mean_travel_time": [75.0],
@@ -128,4 +128,7 @@ def test_tables_carry_the_yardsticks():
     assert ys.describe(s) == "vs UE +12.5 %, vs SO +20.0 % (1 ep.)"
     row = result_row("leed", 24, "cell", s)
     assert {"ue_mean_travel_time", "gap_to_so_pct"} <= set(RESULT_COLUMNS) and row["gap_to_ue_pct"] == s["gap_to_ue_pct"]
+    row.update(agent_steps_per_s=1.0)
+    plot_scaling([row, {**row, "num_agents": 48, "ue_mean_travel_time": None}], tmp_path / "scaling.png")
+    assert (tmp_path / "scaling.png").stat().st_size > 1000
     assert ys.add_to_table([{}], {"mpe": {"final_return": 0.0}}, ["m"]) == ["m"]

@@ -190,6 +190,14 @@ def plot_scaling(rows: list[dict], path: pathlib.Path) -> None:
             xs = [p[0] for p in pts]
             ys = [p[1] if p[1] is not None else float("nan") for p in pts]
             ax.plot(xs, ys, marker="o", label=algo)
+        if key == "mean_travel_time":  # traffic yardsticks of the same episodes, where present
+            for ykey, style, label in (("ue_mean_travel_time", "--", "user equilibrium"),
+                                       ("so_mean_travel_time", ":", "system optimum")):
+                pts = sorted({(r["num_agents"], r[ykey]) for r in rows if r.get(ykey) is not None})
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color="gray", label=label)
+            if any(r.get("ue_mean_travel_time") is not None for r in rows):
+                ax.legend(fontsize=7)
         ax.set_xscale("log")
         if key == "agent_steps_per_s":
             ax.set_yscale("log")
