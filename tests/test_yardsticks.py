@@ -123,7 +123,7 @@ def test_tables_carry_the_yardsticks(tmp_path):
     cols = ys.add_to_table(rows, {"leed": s}, ["mean_travel_time"])
     assert cols == ["mean_travel_time", "gap_to_ue_pct", "gap_to_so_pct"]
     assert rows[0]["gap_to_ue_pct"] == pytest.approx(12.5) and rows[0]["gap_to_so_pct"] == pytest.approx(20.0)
-    assert [r["mean_travel_time"] for r in rows[1:]] == [80.0, 75.0]
+    assert [r["mean_travel_time"] for r in rows[1:]] == [90.0, 80.0, 75.0]  # LEED, UE, SO on those episodes
     print_table(rows, cols)
     assert ys.describe(s) == "vs UE +12.5 %, vs SO +20.0 % (1 ep.)"
     row = result_row("leed", 24, "cell", s)

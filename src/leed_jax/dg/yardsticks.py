@@ -281,15 +281,20 @@ def describe(summary: dict) -> str:
 
 def add_to_table(rows: list[dict], summaries: dict, metric_names: list[str]) -> list[str]:
     """For the main job's table: each policy row (``rows[i]`` from the i-th summary) gets its
-    gaps to the yardsticks, and two rows give the dynamic equilibrium's and the optimum's mean
-    travel time on the same episodes. Returns the columns to print (``metric_names`` plus the
+    gaps to the yardsticks; then a row per policy with its mean travel time on the yardstick
+    episodes only, and two rows with the dynamic equilibrium's and the optimum's there. Returns the columns to print (``metric_names`` plus the
     gap columns when there are yardsticks)."""
     first = next((s for s in summaries.values() if "ue_mean_travel_time" in s), None)
     if first is None:
         return metric_names
+    m = first["yardstick_episodes"]
+    same = []  # each policy again, on the yardstick episodes only: like for like
     for row, s in zip(rows, summaries.values()):
         row.update({c: s.get(c) for c in GAP_COLUMNS})
-    m = first["yardstick_episodes"]
+        if "policy_mean_travel_time_on_yardstick_episodes" in s:
+            same.append({"policy": f"{row['policy']}, same {m} ep.",
+                         "mean_travel_time": s["policy_mean_travel_time_on_yardstick_episodes"]})
+    rows.extend(same)
     for label, key in (("user equilibrium (planner)", "ue_mean_travel_time"),
                        ("system optimum (planner)", "so_mean_travel_time")):
         rows.append({"policy": f"{label}, {m} ep.", "mean_travel_time": first[key]})
