@@ -25,7 +25,8 @@ PROG = "python -m leed_jax.run"
 # Flags of TrainConfig fields that `--resume` still accepts (they change no result).
 _RESUME_OK = {"progress"}
 _METAVARS = {"num_agents": "N", "demos": "PATH", "out": "DIR", "model": "NAME",
-             "scenario": "NAME", "algo": "NAME", "expert_schedule": "NAME"}
+             "scenario": "NAME", "algo": "NAME", "expert_schedule": "NAME",
+             "yardsticks": "N"}
 
 
 class UsageError(Exception):
