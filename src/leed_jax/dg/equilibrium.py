@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import weakref
 from typing import NamedTuple
 
 import jax
@@ -226,19 +227,18 @@ def _build_cost(num_bins: int, bin_s: float):
     return jax.jit(run)
 
 
-_COMPILED: dict = {}
+# Compiled simulation and cost programs per env object (weak keys: they go with the env), so
+# that planning many episodes of one scenario (the DG stage's episodes, the yardsticks' two
+# objectives per episode) compiles once, not once per episode.
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _compiled(builder, env, num_bins: int, bin_s: float, *extra):
-    """One jitted function per (builder, env, bins, extra): repeated plans (the DG stage's
-    episodes, the yardsticks' two objectives per episode) reuse its compilation. Keeps ``env``
-    alive."""
-    key = (builder.__name__, id(env), num_bins, float(bin_s), *extra)
-    hit = _COMPILED.get(key)
-    if hit is None or hit[0] is not env:
-        fn = builder(env, num_bins, bin_s, *extra) if env is not None else builder(num_bins, bin_s)
-        hit = _COMPILED[key] = (env, fn)
-    return hit[1]
+def _compiled(env, num_bins: int, bin_s: float, censored: bool = True):
+    per_env = _COMPILED.setdefault(env, {})
+    key = (num_bins, float(bin_s), bool(censored))
+    if key not in per_env:
+        per_env[key] = (_build_sim(env, num_bins, bin_s, censored), _build_cost(num_bins, bin_s))
+    return per_env[key]
 
 
 # ----------------------------------------------------------------------------- planner
@@ -268,10 +268,10 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
         for i, p in enumerate(initial):
             if len(p) >= 2 and p not in per_pair[inverse[i]]:
                 per_pair[inverse[i]].append(list(p))
-    # Padded to stable sizes so that episodes of one scenario share one compiled cost function.
-    k = max(1, max(len(p) for p in per_pair), config.candidates + 1)
+    # ≥ candidates + 1 (the warm start's route may join them): one shape per scenario.
+    k = max(1, config.candidates + 1, max(len(p) for p in per_pair))
     max_len = max(1, max((len(p) - 1 for ps in per_pair for p in ps), default=1))
-    max_len = -(-max_len // 16) * 16
+    max_len = -(-max_len // 8) * 8  # rounded up so that other episodes reuse the compiled cost
     links = -np.ones((n, k, max_len), np.int32)
     valid = np.zeros((n, k), bool)
     pair_links = [[_links_of(graph, p) for p in ps] for ps in per_pair]
@@ -290,8 +290,7 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
         return [per_pair[inverse[i]][ch[i]] if valid[i, ch[i]] else [int(origin[i])]
                 for i in range(n)]
 
-    sim = _compiled(_build_sim, env, num_bins, bin_s, config.censored)
-    cost_fn = _compiled(_build_cost, None, num_bins, bin_s)
+    sim, cost_fn = _compiled(env, num_bins, bin_s, config.censored)
     tfree = graph.link_tfree[:, None] * np.ones((1, num_bins))
     flow = np.asarray(getattr(env.network, "link_flow_capacity", None)
                       if getattr(env.network, "link_flow_capacity", None) is not None
