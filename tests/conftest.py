@@ -5,6 +5,10 @@ separate ``train()`` calls, in-process and in subprocesses; each call traces new
 JAX's in-memory cache misses, but the persistent cache is keyed by the compiled program and
 hits. The directory is new for each pytest run (nothing carries over between runs) and is
 shared by the xdist workers and by subprocesses through the environment.
+
+Training runs in tests skip the traffic yardsticks (two planner runs per evaluation episode,
+seconds each) unless a test asks for them with ``TrainConfig(yardsticks=N)``: the suite's time
+budget is tight, and tests/test_yardsticks.py covers them.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import tempfile
 
 _VAR = "JAX_COMPILATION_CACHE_DIR"
 _OWNER = "LEED_TEST_CACHE_OWNER"
+
+os.environ.setdefault("LEED_YARDSTICKS", "0")
 
 
 def pytest_configure(config):
