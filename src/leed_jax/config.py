@@ -82,7 +82,7 @@ class TrainConfig:
     # -- expert loss ----------------------------------------------------------------------
     expert_weight: float = _f(1.0, "initial expert-loss weight w_i(0)", check=">=0")
     expert_schedule: str = _f(
-        "adaptive",
+        "greedy",
         "expert weight: constant | linear | exponential | adaptive (training return vs demos) | "
         "greedy (periodic greedy evaluation vs demos) | qfilter (per demo sample: imitate "
         "where the warm-started critic rates the demonstrator above the current policy)",
