@@ -445,8 +445,12 @@ class Trainer:
         }
         state = state._replace(params=params, rng=rng)
         if c.warm_critic:
+            actor = state.params["actor"]
             state, critic_metrics = self._warm_critic(state, demos, k_critic)
             metrics.update(critic_metrics)
+            # 0 by construction (the value loss has no actor gradient); checked in the tests.
+            metrics["warm_actor_change"] = optax.tree.norm(
+                jax.tree_util.tree_map(jnp.subtract, state.params["actor"], actor))
         state = state._replace(teacher_critic=_critic_part(state.params), warm=jnp.ones((), bool))
         return state, metrics
 
@@ -478,14 +482,16 @@ class Trainer:
             )
             ends = ro.episode_end.astype(jnp.float32)
             ret = (ro.episode_return.mean(-1) * ends).sum() / jnp.maximum(ends.sum(), 1.0)
-            return (s._replace(params=params, env=env_carry), opt_state), (losses.mean(), ret)
+            return (s._replace(params=params, env=env_carry), opt_state), (losses, ret)
 
         keys = jax.random.split(key, c.warm_critic_updates)
         (state_out, _), (losses, rets) = jax.lax.scan(
             one, (state, opt.init(state.params)), keys
         )
         state_out = state_out._replace(rng=state.rng)
-        return state_out, {"warm_value_loss_start": losses[0], "warm_value_loss_end": losses[-1],
+        # losses [U, epochs, minibatches]: before any fitting, and the last epoch's.
+        return state_out, {"warm_value_loss_start": losses[0, 0, 0],
+                           "warm_value_loss_end": losses[-1, -1].mean(),
                            "warm_train_return": rets.mean()}
 
     def seeds_warm(self):
