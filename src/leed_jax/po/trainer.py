@@ -823,8 +823,9 @@ def train(
         history.append(record)
         if config.warm_start:
             checkpointer.save(0, state, {"update": 0, "wall_s": record["wall_s"]})
+    shardings = None
     if mesh is not None:
-        state, demo_arrays = _place(state, demo_arrays, mesh, env.spec.num_agents)
+        state, demo_arrays, shardings = _place(state, demo_arrays, mesh, env.spec.num_agents)
 
     def out_of_memory(where: str) -> OutOfMemoryError:
         advice = memory_advice(config, env.spec.num_agents, jax.device_count())
@@ -855,6 +856,11 @@ def train(
         for i in range(remaining):
             try:
                 state, metrics = compiled(state, demo_arrays)
+                if shardings is not None:
+                    # XLA may lay an output out differently from the input the program was
+                    # compiled for (MPE's global state [K, E, N*obs] gets split over 'agent');
+                    # put it back (a no-op for every leaf already in place).
+                    state = jax.device_put(state, shardings)
                 metrics = jax.device_get(metrics)
             except jax.errors.JaxRuntimeError as exc:
                 if is_out_of_memory(exc):
@@ -870,6 +876,8 @@ def train(
             ev = None
             if eval_due(config, before, update):
                 state, ev = evaluate(state)
+                if shardings is not None:  # back to the layout the chunk was compiled for
+                    state = jax.device_put(state, shardings)
                 ev = jax.device_get(ev)
             wall = prior_wall + time.perf_counter() - t_start
             record = chunk_record(config, metrics, update, wall)
@@ -951,13 +959,15 @@ def _mesh(config: TrainConfig, env):
 
 
 def _place(state: TrainState, demos, mesh, num_agents: int):
-    """Put the state and the demonstrations on the mesh; the jitted chunk follows them."""
+    """Put the state and the demonstrations on the mesh; the jitted chunk follows them.
+    Returns them and the state's shardings."""
     from leed_jax.parallel import demo_shardings, train_state_shardings
 
-    state = jax.device_put(state, train_state_shardings(state, mesh, num_agents))
+    shardings = train_state_shardings(state, mesh, num_agents)
+    state = jax.device_put(state, shardings)
     if demos is not None:
         demos = jax.device_put(demos, demo_shardings(demos, mesh, num_agents))
-    return state, demos
+    return state, demos, shardings
 
 
 class _Progress:
