@@ -17,6 +17,7 @@ algo = sys.argv[1]
 base = TrainConfig(
     scenario="traffic-grid", algo=algo, num_agents=4, num_envs=8, num_steps=8, total_steps=8 * 8 * 3,
     num_minibatches=2, update_epochs=2, log_every=1, eval_envs=2, progress=False, expert_batch_size=8,
+    warm_start_steps=0,  # the warm start runs before the state is placed: not about sharding
 )
 # One small demo buffer for every mesh (the cheap incremental planner, a few demand draws): the
 # test is about sharding the update, not about the demonstrations.

@@ -154,15 +154,17 @@ def test_mpe_episode_lasts_exactly_horizon_and_does_not_reset(spread3):
         obs, st = env.reset(key)
 
         def body(st, k):
-            obs, st, _, done, _ = env.step(k, st, jnp.ones(3, jnp.int32))
-            return st, (obs, done)
+            obs, st, _, done, info = env.step(k, st, jnp.ones(3, jnp.int32))
+            return st, (obs, done, info["truncated"])
 
-        st, (obs, done) = jax.lax.scan(body, st, jax.random.split(key, h + 1))
-        return obs, done, st.t
+        st, (obs, done, cut) = jax.lax.scan(body, st, jax.random.split(key, h + 1))
+        return obs, done, st.t, cut
 
-    obs, done, t = jax.jit(run)(jax.random.PRNGKey(0))
+    obs, done, t, cut = jax.jit(run)(jax.random.PRNGKey(0))
     done = np.asarray(done)
     assert not done[: h - 1].any() and done[h - 1 :].all()
+    # The end is a time limit (MPE obs carry no time): the trainer bootstraps V(s_T) there.
+    assert not np.asarray(cut)[: h - 1].any() and bool(cut[h - 1])
     assert int(t) == h + 1  # stepped past the end without resetting
     assert not np.allclose(obs[h], obs[h - 1])  # agents keep drifting: no reset swapped in
 

@@ -116,4 +116,6 @@ def test_toy_env_follows_the_protocol():
         ends.append(bool(info["episode_end"]))
         if info["episode_end"]:
             assert float(info["metrics"]["hit_rate"]) == 1.0
+            # The observation reached before the reset (time 1.0), next to the new one's (0).
+            assert float(info["final_obs"][0, -1]) == 1.0 and float(obs[0, -1]) == 0.0
     assert ends == [False, False, False, True] * 2

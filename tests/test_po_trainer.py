@@ -17,7 +17,7 @@ from test_po_toy import ToyEnv, toy_demos
 
 from leed_jax.config import TrainConfig
 from leed_jax.io.checkpoint import Checkpointer
-from leed_jax.po.trainer import TrainingError, make_train, seed_keys, train
+from leed_jax.po.trainer import TrainingError, env_steps_at, make_train, seed_keys, train
 
 TESTS = Path(__file__).parent
 # One update per chunk and a checkpoint every 2: every test here runs the same compiled
@@ -25,8 +25,11 @@ TESTS = Path(__file__).parent
 CFG = TrainConfig(
     algo="leed", num_envs=4, num_steps=12, total_steps=4 * 12 * 20, num_minibatches=2,
     update_epochs=2, log_every=1, checkpoint_every=2, lr=3e-3, expert_batch_size=8,
-    progress=False, eval_envs=4,
+    progress=False, eval_envs=4, warm_start_steps=200, warm_critic_updates=1,
 )
+# The warm start (default for leed) runs before update 1 and is checkpointed at update 0; its
+# critic warm-up's rollout comes out of the budget: 19 updates.
+N = CFG.num_updates
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -68,7 +71,10 @@ def test_run_directory_and_learning(reference):
         assert (out / name).is_file(), name
     assert Checkpointer(out / "checkpoints").latest_step() == CFG.num_updates
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["update"] for r in lines] == list(range(1, 21))
+    assert [r["update"] for r in lines] == list(range(0, N + 1))
+    # The warm start's line (update 0) and a held-out greedy evaluation on every line.
+    assert lines[0]["warm_steps"] >= 100 and lines[0]["warm_demo_accuracy"] > 0.9
+    assert all("eval_return" in r and "eval_hit_rate" in r for r in lines)
     for key in ("env_steps", "wall_s", "return", "expert_weight", "loss", "policy_loss",
                 "value_loss", "entropy", "expert_loss", "hit_rate", "env_steps_per_s"):
         assert key in lines[-1], key
@@ -76,9 +82,10 @@ def test_run_directory_and_learning(reference):
     for key in ("algo", "scenario", "num_agents", "env_steps", "wall_s", "env_steps_per_s",
                 "final_return", "hit_rate"):
         assert key in summary, key
-    assert summary["env_steps"] == CFG.num_updates * CFG.batch_steps
-    # the toy task is easy: the trained greedy policy is (nearly) perfect
-    assert summary["final_return"] > 2.5 > lines[0]["return"]
+    assert summary["env_steps"] == env_steps_at(CFG, N) == CFG.total_steps
+    # the toy task is easy: the warm-started and the trained greedy policy are (nearly) perfect
+    assert summary["final_return"] > 2.5 and lines[0]["eval_return"] > 2.5
+    assert summary["final_return"] == lines[-1]["eval_return"]
 
 
 def test_seeds_vmap_equals_separate_runs():
@@ -109,7 +116,7 @@ def test_stop_and_resume_reaches_the_same_parameters(reference, tmp_path):
     resumed = train(cfg, env=env, demos=toy_demos(env), resume=True)
     _assert_identical(resumed.state, reference.state)
     updates = [json.loads(x)["update"] for x in (tmp_path / "run/metrics.jsonl").open()]
-    assert updates == list(range(1, 21))
+    assert updates == list(range(0, N + 1))
 
 
 def test_resume_after_sigkill_reaches_the_same_parameters(reference, tmp_path, compile_cache):
@@ -143,13 +150,13 @@ def test_resume_after_sigkill_reaches_the_same_parameters(reference, tmp_path, c
     # process died, and then checkpoint 2 is the last whole one. Either way resuming from it
     # must reach the same parameters.
     assert Checkpointer(out / "checkpoints").latest_step() in (2, 4)
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 5
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 6  # updates 0..5
 
     env = ToyEnv()
     resumed = train(CFG.replace(out=str(out)), env=env, demos=toy_demos(env), resume=True)
     _assert_identical(resumed.state, reference.state)
     updates = [json.loads(x)["update"] for x in (out / "metrics.jsonl").open()]
-    assert updates == list(range(1, 21))
+    assert updates == list(range(0, N + 1))
 
 
 def test_nan_in_the_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):

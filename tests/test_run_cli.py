@@ -135,7 +135,9 @@ def test_main_job_end_to_end_on_a_tiny_scenario(tmp_path, tiny):
                 "arrival_rate"):
         assert isinstance(summary[key], float), key
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["update"] for r in lines] == [2, 4, 6, 8]
+    # Line 0: the warm start; its critic warm-up (4 rollouts of 64 steps) takes half of this
+    # tiny budget, so 4 updates remain.
+    assert [r["update"] for r in lines] == [0, 2, 4]
     assert {"env_steps", "wall_s", "return", "expert_weight", "loss", "mean_travel_time",
             "arrival_rate"} <= set(lines[-1])
     resolved, _ = resolve_config(["--config", str(out / "config.toml")])

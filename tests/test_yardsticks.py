@@ -67,8 +67,8 @@ def test_a_policy_reproducing_the_equilibrium_scores_it_and_the_optimum_is_not_a
 def test_evaluation_keys_are_the_trainers_resets(env):
     from leed_jax.po.rollout import reset_envs
 
-    # Trainer.evaluate(params, fold_in(PRNGKey(seed), 7), E) resets with split(key)[0].
-    k_reset, _ = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(3), 7))
+    # Trainer.evaluate(params, PRNGKey(eval_seed), E) resets with split(key)[0].
+    k_reset, _ = jax.random.split(jax.random.PRNGKey(3))
     carry = jax.jit(lambda k: reset_envs(env, k, 3))(k_reset)
     for j, key in enumerate(ys.evaluation_keys(3, 3)):
         _, state = ys._reset(env, key)

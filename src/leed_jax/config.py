@@ -18,7 +18,7 @@ import typing
 from typing import Any
 
 ALGOS = ("leed", "ippo", "mappo", "bc")
-SCHEDULES = ("constant", "linear", "exponential", "adaptive")
+SCHEDULES = ("constant", "linear", "exponential", "adaptive", "greedy", "qfilter")
 
 
 class ConfigError(ValueError):
@@ -82,7 +82,10 @@ class TrainConfig:
     # -- expert loss ----------------------------------------------------------------------
     expert_weight: float = _f(1.0, "initial expert-loss weight w_i(0)", check=">=0")
     expert_schedule: str = _f(
-        "adaptive", "expert weight schedule: constant | linear | exponential | adaptive",
+        "greedy",
+        "expert weight: constant | linear | exponential | adaptive (training return vs demos) | "
+        "greedy (periodic greedy evaluation vs demos) | qfilter (per demo sample: imitate "
+        "where the warm-started critic rates the demonstrator above the current policy)",
         choices=SCHEDULES,
     )
     expert_decay_frac: float = _f(
@@ -100,6 +103,22 @@ class TrainConfig:
         0.05, "adaptive: EMA rate of each agent's own episodic return", check="(0,1]"
     )
     expert_batch_size: int = _f(64, "demo samples per agent per minibatch", check=">0")
+    # -- warm start (leed and bc) ---------------------------------------------------------
+    warm_start_steps: int = _f(
+        3000, "leed/bc: at most this many Adam steps of the expert loss alone before the first "
+        "rollout (stops early on a plateau; 0: off)", check=">=0",
+    )
+    warm_start_lr: float = _f(1e-3, "warm start: Adam learning rate", check=">0")
+    warm_start_batch: int = _f(256, "warm start: demo samples per agent per step", check=">0")
+    warm_start_tol: float = _f(
+        0.01, "warm start: stop when 100 steps improve the expert loss by less than this "
+        "fraction (and 1e-3 nats)", check=">=0",
+    )
+    warm_critic_updates: int = _f(
+        4, "warm start: rollouts of the warm policy that fit the critic before the actor moves "
+        "(their env steps count in the budget)", check=">=0",
+    )
+    warm_critic_epochs: int = _f(8, "warm start: critic epochs per warm-up rollout", check=">0")
     # -- devices --------------------------------------------------------------------------
     mesh_data: int = _f(
         1, "devices on the mesh's data axis, which splits the env batch (-1: all)", check="mesh"
@@ -111,8 +130,19 @@ class TrainConfig:
     out: str | None = _f(None, "run directory (default runs/<scenario>-<algo>-<timestamp>)")
     log_every: int = _f(0, "updates per logged chunk (0: about 40 log lines per run)", check=">=0")
     checkpoint_every: int = _f(1, "checkpoint every this many logged chunks", check=">0")
-    eval_envs: int = _f(16, "episodes in the final evaluation", check=">0")
+    eval_envs: int = _f(
+        16, "held-out episodes of every evaluation (the same for all seeds and methods)",
+        check=">0",
+    )
     eval_greedy: bool = _f(True, "evaluate the most likely action instead of sampling")
+    eval_every: int = _f(
+        0, "evaluate during training every this many updates (0: every logged chunk)",
+        check=">=0",
+    )
+    eval_seed: int = _f(
+        1_000_003, "key of the held-out evaluation episodes (shared by all seeds and methods)",
+        check=">=0",
+    )
     compare: bool = _f(False, "also train IPPO on the same budget and compare")
     yardsticks: int = _f(
         -1, "traffic: evaluation episodes also planned to the dynamic user equilibrium and system "
@@ -134,8 +164,23 @@ class TrainConfig:
         return self.num_envs * self.num_steps
 
     @property
+    def warm_start(self) -> bool:
+        """The warm start runs (leed and bc with ``warm_start_steps > 0``)."""
+        return self.algo in ("leed", "bc") and self.warm_start_steps > 0
+
+    @property
+    def warm_critic(self) -> bool:
+        """The critic warm-up runs (after a warm start, for methods with a critic: leed)."""
+        return self.warm_start and self.algo == "leed" and self.warm_critic_updates > 0
+
+    @property
+    def warm_env_steps(self) -> int:
+        """Env steps the critic warm-up spends (per seed); they come out of ``total_steps``."""
+        return self.warm_critic_updates * self.batch_steps if self.warm_critic else 0
+
+    @property
     def num_updates(self) -> int:
-        return max(1, self.total_steps // self.batch_steps)
+        return max(1, (self.total_steps - self.warm_env_steps) // self.batch_steps)
 
     @property
     def minibatch_size(self) -> int:
@@ -163,6 +208,11 @@ class TrainConfig:
             raise ConfigError(
                 f"num_minibatches={self.num_minibatches} must divide num_envs*num_steps="
                 f"{self.batch_steps}"
+            )
+        if self.expert_schedule == "qfilter" and self.algo == "leed" and not self.warm_critic:
+            raise ConfigError(
+                "expert_schedule='qfilter' needs the warm start's critic (warm_start_steps > 0 "
+                "and warm_critic_updates > 0)"
             )
         if self.total_steps < self.batch_steps:
             raise ConfigError(

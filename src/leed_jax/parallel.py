@@ -122,7 +122,8 @@ def train_state_shardings(state, mesh: Mesh, num_agents: int, seed_axis: bool = 
     )
 
 
-_PER_AGENT = {"params", "opt_state", "return_ema", "return_seen"}
+_PER_AGENT = {"params", "opt_state", "return_ema", "return_seen", "eval_return",
+              "teacher_critic"}
 
 
 def demo_shardings(demos, mesh: Mesh, num_agents: int):

@@ -79,10 +79,11 @@ def resolve_episodes(requested: int) -> int:
 
 
 def evaluation_keys(seed: int, eval_envs: int) -> jax.Array:
-    """``[eval_envs, 2]``: the reset keys of the trainer's final evaluation of run 0 (seed
-    ``seed``): ``evaluate(params, fold_in(PRNGKey(seed), 7))`` resets env ``j`` with
-    ``split(split(key)[0], eval_envs)[j]`` (``po/trainer.py``, ``po/rollout.reset_envs``)."""
-    key = jax.random.fold_in(jax.random.PRNGKey(seed), 7)
+    """``[eval_envs, 2]``: the reset keys of the trainer's held-out evaluation episodes
+    (``seed``: the config's ``eval_seed``, the same for every run): ``evaluate(params,
+    PRNGKey(eval_seed))`` resets env ``j`` with ``split(split(key)[0], eval_envs)[j]``
+    (``po/trainer.py``, ``po/rollout.reset_envs``)."""
+    key = jax.random.PRNGKey(seed)
     return jax.random.split(jax.random.split(key)[0], eval_envs)
 
 

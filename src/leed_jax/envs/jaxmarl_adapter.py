@@ -25,6 +25,8 @@ What differs from calling jaxmarl directly, and why:
 * **done.** ``done[i]`` is jaxmarl's per-agent done (SMAX: the unit is dead), OR-ed with
   the end of the episode (``"__all__"`` or the horizon): SMAX leaves surviving units
   "not done" at a time-out or a win, but the protocol ends an episode when ``done.all()``.
+* **truncated.** ``info["truncated"]`` (scalar bool): the episode was cut by the horizon,
+  not ended by the env; the trainer bootstraps V(s_T) there (jaxmarl obs carry no time).
 * **decision.** An agent's action mattered when the agent was not done before the step:
   all True in MPE, the units alive at the start of the step in SMAX.
 """
@@ -50,7 +52,8 @@ _SMAX_ENVS = ("SMAX", "HeuristicEnemySMAX", "LearnedPolicyEnemySMAX")
 # Names shown when an env name is unknown (jaxmarl.registered_envs has ~40).
 _EXAMPLE_ENVS = ("MPE_simple_spread_v3", "MPE_simple_v3", "HeuristicEnemySMAX", "SMAX")
 # info keys the protocol or leed_jax's wrappers own; jaxmarl entries of that name are renamed.
-_RESERVED_INFO = ("decision", "metrics", "episode_end")
+_RESERVED_INFO = ("decision", "metrics", "episode_end", "truncated", "final_obs",
+                  "final_global_state")
 
 
 @struct.dataclass
@@ -288,6 +291,10 @@ class JaxMARLEnv:
 
         info = self._stack_info(info_j)
         info["decision"] = ~state.agent_done
+        # Cut by the time limit, not ended by the env: jaxmarl observations carry no time, so
+        # the trainer bootstraps V(s_T) here instead of treating s_T as terminal.
+        terminal = jnp.asarray(done_d["__all__"], bool) | jnp.all(agent_done)
+        info["truncated"] = (t >= self.spec.horizon) & ~terminal
         info["metrics"] = self._metrics(env_state, t)
         new_state = JaxMARLState(
             env_state=env_state,

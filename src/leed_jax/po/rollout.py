@@ -30,6 +30,10 @@ class Rollout(NamedTuple):
     episode_end: jax.Array  # [T, E] bool: an episode ended at this step
     episode_return: jax.Array  # [T, E, N] returns of the episode that ended here (else 0)
     metrics: dict  # name -> [T, E]: the env's metrics (those of the finished episode at ends)
+    # [T, E, N] V(s_T) of the state an episode reached when the time limit cut it (0 elsewhere),
+    # for envs that report truncation (JaxMARL: obs carry no time); None for the others
+    # (traffic: time is observed and the horizon is a real end).
+    bootstrap: jax.Array | None = None
 
 
 def reset_envs(env, key: jax.Array, num_envs: int) -> EnvCarry:
@@ -72,6 +76,12 @@ def rollout(
         reward = reward.astype(jnp.float32)
         ep_return = carry.ep_return + reward
         end = info["episode_end"]  # [E]
+        bootstrap = None
+        if "truncated" in info:  # static: the env reports time-limit ends
+            final_gs = info["final_global_state"] if centralised else None
+            final_v = policy.value(params, critic_input(info["final_obs"], final_gs))  # [E, N]
+            cut = info["truncated"] & end  # [E]
+            bootstrap = jnp.where(cut[:, None], final_v, 0.0)
         out = Rollout(
             transition=Transition(carry.obs, action, avail, reward, done, info["decision"]),
             log_prob=log_prob(logits, action),
@@ -80,6 +90,7 @@ def rollout(
             episode_end=end,
             episode_return=jnp.where(end[:, None], ep_return, 0.0),
             metrics={k: jnp.asarray(v, jnp.float32) for k, v in info["metrics"].items()},
+            bootstrap=bootstrap,
         )
         carry = EnvCarry(state, obs, jnp.where(end[:, None], 0.0, ep_return))
         return carry, out

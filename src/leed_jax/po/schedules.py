@@ -15,7 +15,7 @@ import jax.numpy as jnp
 class ScheduleParams(NamedTuple):
     """Static schedule settings (from ``TrainConfig``)."""
 
-    kind: str  # constant | linear | exponential | adaptive
+    kind: str  # constant | linear | exponential | adaptive | greedy | qfilter
     weight: float  # w(0)
     decay_frac: float  # linear: w reaches 0 at this progress
     half_life_frac: float  # exponential: half-life in progress units
@@ -39,6 +39,12 @@ def expert_weight(
       demonstrations and an EMA of agent i's own episodic return ``R_i``: full weight while the
       agent is more than ``tol`` behind its demonstrations, fading linearly to 0 as it catches
       up, 0 once it passes them. Full weight until the agent has finished an episode.
+    * ``greedy``: the same fade, but ``R_i`` is agent i's return in the latest periodic greedy
+      evaluation (``Trainer.evaluate_state``): a deterministic policy against deterministic
+      demonstrations, so sampling noise alone does not keep the weight up. Full weight until
+      the first evaluation.
+    * ``qfilter``: ``w0``; the per-sample filter of ``Trainer.loss`` decides which
+      demonstrations are imitated.
     """
     n = demo_return.shape[0]
     w0 = jnp.full((n,), params.weight, jnp.float32)
@@ -49,7 +55,9 @@ def expert_weight(
         return w0 * jnp.maximum(0.0, 1.0 - progress / params.decay_frac)
     if params.kind == "exponential":
         return w0 * 0.5 ** (progress / params.half_life_frac)
-    if params.kind == "adaptive":
+    if params.kind == "qfilter":  # the per-sample filter does the work (Trainer.loss)
+        return w0
+    if params.kind in ("adaptive", "greedy"):
         gap = (demo_return - return_ema) / (jnp.abs(demo_return) + 1.0)
         fade = jnp.clip(gap / params.adaptive_tol, 0.0, 1.0)
         return w0 * jnp.where(return_seen, fade, 1.0)

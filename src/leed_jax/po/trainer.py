@@ -38,7 +38,7 @@ from leed_jax.po.expert import expert_loss
 from leed_jax.po.gae import gae
 from leed_jax.po.networks import ActorCritic, Params, critic_input
 from leed_jax.po.optim import Optimizer, make_optimizer, per_agent_norm
-from leed_jax.po.ppo import ppo_terms
+from leed_jax.po.ppo import masked_mean, normalize_advantage, ppo_terms
 from leed_jax.po.rollout import EnvCarry, reset_envs, rollout
 from leed_jax.po.schedules import ScheduleParams, expert_weight
 
@@ -90,6 +90,11 @@ class TrainState(NamedTuple):
     update: jax.Array  # [] int32 updates done
     return_ema: jax.Array  # [N] EMA of each agent's own episodic return
     return_seen: jax.Array  # [N] bool: the EMA has seen an episode
+    eval_return: jax.Array  # [N] each agent's return in the latest greedy evaluation
+    eval_seen: jax.Array  # [] bool: an evaluation has run
+    teacher_critic: Params  # the critic (and embedding) after the warm start: V of the
+    #                         demonstrator's clone, the reference of the qfilter weight
+    warm: jax.Array  # [] bool: the warm start is done (or not wanted)
 
 
 class MiniBatchData(NamedTuple):
@@ -157,28 +162,54 @@ class Trainer:
             update=jnp.zeros((), jnp.int32),
             return_ema=jnp.zeros((n,), jnp.float32),
             return_seen=jnp.zeros((n,), bool),
+            eval_return=jnp.zeros((n,), jnp.float32),
+            eval_seen=jnp.zeros((), bool),
+            teacher_critic=_critic_part(params),
+            warm=jnp.asarray(not self.config.warm_start),
         )
 
     # ------------------------------------------------------------------ losses
-    def loss(self, params: Params, mb: MiniBatchData, demo, weight: jax.Array):
-        """Sum over agents of each agent's loss; aux: per-agent PPO terms and expert loss."""
+    def loss(self, params: Params, mb: MiniBatchData, demo, weight: jax.Array, teacher=None):
+        """Sum over agents of each agent's loss; aux: per-agent PPO terms, expert loss and the
+        fraction of demonstrations kept by the qfilter (1 for the other schedules).
+
+        Advantages arrive normalised over the whole update (``batch``), not per minibatch."""
         c = self.config
         logits = self.policy.logits(params, mb.obs, mb.avail)  # [B, N, A]
         value = self.policy.value(params, critic_input(mb.obs, mb.global_state))  # [B, N]
         terms = ppo_terms(
             logits, value, mb.action, mb.log_prob, mb.value, mb.advantage, mb.target,
-            mb.decision, c.clip_eps,
+            mb.decision, c.clip_eps, normalize=False,
         )
         per_agent = jnp.zeros((self.num_agents,), jnp.float32)
         if self.use_ppo:
             per_agent += terms.policy + c.vf_coef * terms.value - c.ent_coef * terms.entropy
         ex = jnp.zeros_like(per_agent)
+        kept = jnp.ones_like(per_agent)
         if self.use_expert:
             d_obs, d_action, d_avail, d_weight = (jnp.swapaxes(x, 0, 1) for x in demo)  # [B, N]
             d_logits = self.policy.logits(params, d_obs, d_avail)
+            if self.use_ppo and c.expert_schedule == "qfilter":
+                d_weight, kept = self.qfilter(params, teacher, d_obs, d_weight)
             ex = expert_loss(d_logits, d_action, d_weight)
             per_agent += weight * ex
-        return per_agent.sum(), (terms, ex)
+        return per_agent.sum(), (terms, ex, kept)
+
+    def qfilter(self, params: Params, teacher: Params, d_obs: jax.Array, d_weight: jax.Array):
+        """The Q-filter of Nair et al. 2018 ("Overcoming Exploration in RL with
+        Demonstrations"), with state values: imitate demonstration ``(o, a_demo)`` only where
+        ``V_teacher(o) >= V_pi(o)``. ``V_teacher`` is the critic fitted in the warm start to the
+        returns of the demonstrations' clone (so it estimates following the demonstrator from
+        ``o``); ``V_pi`` is the current critic (the current stochastic policy, fitted the same
+        way): both stochastic-policy values from one kind of regression, like with like.
+        Where the agent's own policy is rated higher, its demonstration is dropped, so the
+        agent can pass its teacher there. Returns the filtered weights ``[B, N]`` and the kept
+        fraction ``[N]``."""
+        v_teacher = self.policy.value(teacher, d_obs)  # [B, N]
+        v_pi = self.policy.value(params, d_obs)
+        keep = jax.lax.stop_gradient(v_teacher >= v_pi)
+        kept = masked_mean(keep.astype(jnp.float32), d_weight > 0)
+        return d_weight * keep, kept
 
     def expert_weights(self, state: TrainState, demo_return: jax.Array | None) -> jax.Array:
         n = self.num_agents
@@ -187,6 +218,9 @@ class Trainer:
         if not self.use_ppo:  # bc: imitation is all there is
             return jnp.full((n,), self.config.expert_weight, jnp.float32)
         progress = state.update.astype(jnp.float32) / self.config.num_updates
+        if self.config.expert_schedule == "greedy":
+            seen = jnp.broadcast_to(state.eval_seen, (n,))
+            return expert_weight(self.schedule, progress, state.eval_return, seen, demo_return)
         return expert_weight(
             self.schedule, progress, state.return_ema, state.return_seen, demo_return
         )
@@ -210,7 +244,8 @@ class Trainer:
         c = self.config
         tr = ro.transition
         advantage, target = gae(
-            tr.reward, ro.value, tr.done, last_value, discount_per_step(c, self.env), c.gae_lambda
+            tr.reward, ro.value, tr.done, last_value, discount_per_step(c, self.env), c.gae_lambda,
+            bootstrap=ro.bootstrap,
         )
 
         # Own episodic returns: per-episode statistics and the EMA of the adaptive schedule.
@@ -228,9 +263,13 @@ class Trainer:
         weight = self.expert_weights(state, demo_return)
 
         flat = lambda x: x.reshape((-1,) + x.shape[2:])
+        # Each agent's advantages standardised over its decision steps of the whole update,
+        # before minibatching: a minibatch with 0–2 decisions of an agent would otherwise give
+        # that agent exactly 0 or ±1 (no signal), as on traffic-grid-large with one env.
+        advantage = normalize_advantage(flat(advantage), flat(tr.decision))  # [S, N]
         data = MiniBatchData(
             obs=flat(tr.obs), avail=flat(tr.avail), action=flat(tr.action),
-            log_prob=flat(ro.log_prob), value=flat(ro.value), advantage=flat(advantage),
+            log_prob=flat(ro.log_prob), value=flat(ro.value), advantage=advantage,
             target=flat(target), decision=flat(tr.decision),
             global_state=None if ro.global_state is None else flat(ro.global_state),
         )
@@ -257,15 +296,16 @@ class Trainer:
             return demos.obs, demos.action, demos.avail, demos.valid.astype(jnp.float32)
         return sample_demos(key, demos, self.config.expert_batch_size)
 
-    def minibatch_step(self, carry, mb: MiniBatchData, demo, weight: jax.Array):
+    def minibatch_step(self, carry, mb: MiniBatchData, demo, weight: jax.Array, teacher=None):
         """Gradient of every agent's loss on one minibatch and one optimiser step."""
         params, opt_state = carry
         grad = jax.value_and_grad(self.loss, has_aux=True)
-        (loss, (terms, ex)), grads = grad(params, mb, demo, weight)
+        (loss, (terms, ex, kept)), grads = grad(params, mb, demo, weight, teacher)
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         gnorm = optax.tree.norm(grads) if self.policy.share else per_agent_norm(grads).mean()
-        stats = {"loss": loss, "expert_loss": ex.mean(), "grad_norm": gnorm}
+        stats = {"loss": loss, "expert_loss": ex.mean(), "grad_norm": gnorm,
+                 "demo_kept": kept.mean()}
         stats.update({k: v.mean() for k, v in terms._asdict().items()})
         return (params, opt_state), stats
 
@@ -280,7 +320,7 @@ class Trainer:
         def minibatch_step(carry, xs):
             mb, key = xs
             demo = self.sample_demo(key, demos) if self.use_expert else None
-            return self.minibatch_step(carry, mb, demo, weight)
+            return self.minibatch_step(carry, mb, demo, weight, state.teacher_critic)
 
         def epoch(carry, key):
             k_perm, k_demo = jax.random.split(key)
@@ -303,8 +343,9 @@ class Trainer:
             decision_frac=tr.decision.astype(jnp.float32).mean(),
             valid=jnp.ones((), jnp.float32),
         )
-        new_state = TrainState(
-            params, opt_state, carry, rng, state.update + 1, return_ema, return_seen
+        new_state = state._replace(
+            params=params, opt_state=opt_state, env=carry, rng=rng, update=state.update + 1,
+            return_ema=return_ema, return_seen=return_seen,
         )
         return new_state, metrics
 
@@ -334,6 +375,144 @@ class Trainer:
         """``jit(vmap(chunk))`` over the seed axis of the state (donated: updated in place)."""
         return jax.jit(jax.vmap(self.chunk, in_axes=(0, None)), donate_argnums=0)
 
+    # ------------------------------------------------------------------ warm start
+    def warm_start(self, state: TrainState, demos) -> tuple[TrainState, dict]:
+        """The jump-start, before the first rollout (leed and bc; pure, jit-able):
+
+        1. fit each agent's actor to its own demonstrations — Adam on the expert loss alone
+           (``warm_start_lr``, ``warm_start_batch`` samples per agent, or the whole buffer when
+           it is that small), in windows of 100 steps, stopping when a window improves the mean
+           loss by less than ``warm_start_tol`` of it and 1e-3 nats (or at
+           ``warm_start_steps``);
+        2. (leed) fit each agent's critic to the returns of the warm policy:
+           ``warm_critic_updates`` rollouts, each followed by ``warm_critic_epochs`` epochs of
+           the value loss alone (GAE(λ) targets, no clipping), while the actor stays frozen —
+           PPO started from a cloned policy and a critic of noise would take its first steps on
+           noise advantages and undo the clone.
+
+        Both use their own Adam states; the PPO optimiser starts fresh afterwards. The critic
+        it leaves is also kept as ``teacher_critic`` (the qfilter's reference). Metrics are
+        scalars (per seed under vmap)."""
+        c = self.config
+        opt = make_optimizer(c.warm_start_lr, c.max_grad_norm, per_agent=not self.policy.share)
+        window = min(100, c.warm_start_steps)
+        max_windows = max(1, c.warm_start_steps // window)
+
+        def demo_batch(key):
+            if self.full_demos:
+                return demos.obs, demos.action, demos.avail, demos.valid.astype(jnp.float32)
+            return sample_demos(key, demos, c.warm_start_batch)
+
+        def bc_loss(params, demo):
+            d_obs, d_action, d_avail, d_weight = (jnp.swapaxes(x, 0, 1) for x in demo)
+            return expert_loss(self.policy.logits(params, d_obs, d_avail), d_action, d_weight)
+
+        def bc_step(carry, key):
+            params, opt_state = carry
+            loss, grads = jax.value_and_grad(lambda p: bc_loss(p, demo_batch(key)).sum())(params)
+            updates, opt_state = opt.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), loss / self.num_agents
+
+        def window_body(carry):
+            params, opt_state, key, i, prev, _ = carry
+            key, k = jax.random.split(key)
+            (params, opt_state), losses = jax.lax.scan(
+                bc_step, (params, opt_state), jax.random.split(k, window)
+            )
+            cur = losses.mean()
+            stalled = (prev - cur) < jnp.maximum(c.warm_start_tol * jnp.abs(prev), 1e-3)
+            return params, opt_state, key, i + 1, cur, stalled
+
+        def window_cond(carry):
+            *_, i, _, stalled = carry
+            return (i < max_windows) & ~stalled
+
+        rng, k_bc, k_critic = jax.random.split(state.rng, 3)
+        full = self.policy.logits(state.params, jnp.swapaxes(demos.obs, 0, 1),
+                                  jnp.swapaxes(demos.avail, 0, 1))
+        loss0 = expert_loss(full, jnp.swapaxes(demos.action, 0, 1),
+                            jnp.swapaxes(demos.valid, 0, 1).astype(jnp.float32)).mean()
+        params, _, _, windows, loss_end, _ = jax.lax.while_loop(
+            window_cond, window_body,
+            (state.params, opt.init(state.params), k_bc, jnp.zeros((), jnp.int32),
+             jnp.asarray(jnp.inf, jnp.float32), jnp.zeros((), bool)),
+        )
+        metrics = {
+            "warm_steps": windows * window,
+            "warm_expert_loss_start": loss0,
+            "warm_expert_loss_end": loss_end,
+            "warm_demo_accuracy": demo_accuracy(self.policy, params, demos),
+        }
+        state = state._replace(params=params, rng=rng)
+        if c.warm_critic:
+            actor = state.params["actor"]
+            state, critic_metrics = self._warm_critic(state, demos, k_critic)
+            metrics.update(critic_metrics)
+            # 0 by construction (the value loss has no actor gradient); checked in the tests.
+            metrics["warm_actor_change"] = optax.tree.norm(
+                jax.tree_util.tree_map(jnp.subtract, state.params["actor"], actor))
+        state = state._replace(teacher_critic=_critic_part(state.params), warm=jnp.ones((), bool))
+        return state, metrics
+
+    def _warm_critic(self, state: TrainState, demos, key: jax.Array):
+        """Step 2 of ``warm_start``: value-only updates on rollouts of the frozen warm actor."""
+        c = self.config
+        opt = make_optimizer(c.warm_start_lr, c.max_grad_norm, per_agent=not self.policy.share)
+
+        def value_loss(params, mb: MiniBatchData):
+            v = self.policy.value(params, critic_input(mb.obs, mb.global_state))
+            return (0.5 * jnp.square(v - mb.target)).mean(0).sum()  # per-agent means, summed
+
+        def mb_step(carry, mb):
+            params, opt_state = carry
+            loss, grads = jax.value_and_grad(value_loss)(params, mb)
+            # The actor's gradient is exactly 0 here, and a fresh Adam moves nothing on 0.
+            updates, opt_state = opt.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), loss / self.num_agents
+
+        def one(carry, k):
+            s, opt_state = carry
+            s = s._replace(rng=k)
+            env_carry, ro, last_value = self.collect(s)
+            data, *_ = self.batch(s, ro, last_value, demos)
+            k_epochs = jax.random.split(jax.random.fold_in(k, 1), c.warm_critic_epochs)
+            (params, opt_state), losses = jax.lax.scan(
+                lambda cr, ke: jax.lax.scan(mb_step, cr, self.shuffle(data, ke)),
+                (s.params, opt_state), k_epochs,
+            )
+            ends = ro.episode_end.astype(jnp.float32)
+            ret = (ro.episode_return.mean(-1) * ends).sum() / jnp.maximum(ends.sum(), 1.0)
+            return (s._replace(params=params, env=env_carry), opt_state), (losses, ret)
+
+        keys = jax.random.split(key, c.warm_critic_updates)
+        (state_out, _), (losses, rets) = jax.lax.scan(
+            one, (state, opt.init(state.params)), keys
+        )
+        state_out = state_out._replace(rng=state.rng)
+        # losses [U, epochs, minibatches]: before any fitting, and the last epoch's.
+        return state_out, {"warm_value_loss_start": losses[0, 0, 0],
+                           "warm_value_loss_end": losses[-1, -1].mean(),
+                           "warm_train_return": rets.mean()}
+
+    def seeds_warm(self):
+        """``jit(vmap(warm_start))`` over the seed axis of the state."""
+        return jax.jit(jax.vmap(self.warm_start, in_axes=(0, None)))
+
+    def evaluate_state(self, state: TrainState) -> tuple[TrainState, dict]:
+        """The periodic evaluation: ``evaluate`` of the current params on the held-out episodes
+        (key ``eval_seed``, the same for every seed and method); the greedy schedule reads
+        its per-agent returns from the state."""
+        c = self.config
+        ev = self.evaluate(state.params, jax.random.PRNGKey(c.eval_seed), c.eval_envs,
+                           c.eval_greedy)
+        state = state._replace(eval_return=ev["agent_return"].astype(jnp.float32),
+                               eval_seen=jnp.ones((), bool))
+        return state, ev
+
+    def seeds_evaluate(self):
+        """``jit(vmap(evaluate_state))`` over the seed axis."""
+        return jax.jit(jax.vmap(self.evaluate_state))
+
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, params: Params, key: jax.Array, num_envs: int, greedy: bool = True) -> dict:
         """One episode in each of ``num_envs`` fresh envs, each reset with its own key (so
@@ -361,6 +540,21 @@ class Trainer:
             "ended_frac": ended.astype(jnp.float32).mean(),
             "metrics": metrics,
         }
+
+
+def _critic_part(params: Params) -> Params:
+    """The parts of ``params`` that ``ActorCritic.value`` reads (critic, shared embedding)."""
+    return {k: v for k, v in params.items() if k in ("critic", "embed")}
+
+
+def demo_accuracy(policy: ActorCritic, params: Params, demos) -> jax.Array:
+    """Fraction of the demonstrated decisions on which the greedy policy takes the
+    demonstrated action (over all agents' valid entries)."""
+    obs, avail = jnp.swapaxes(demos.obs, 0, 1), jnp.swapaxes(demos.avail, 0, 1)  # [M, N, ...]
+    greedy = jnp.argmax(policy.logits(params, obs, avail), -1)  # [M, N]
+    valid = jnp.swapaxes(demos.valid, 0, 1)
+    hit = (greedy == jnp.swapaxes(demos.action, 0, 1)) & valid
+    return hit.sum() / jnp.maximum(valid.sum(), 1)
 
 
 def ci95(values) -> float:
@@ -472,12 +666,14 @@ def chunk_record(config: TrainConfig, metrics: dict, update: int, wall_s: float)
         v = np.asarray(v, float)
         return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
 
-    record: dict[str, Any] = {"update": update, "env_steps": update * config.batch_steps,
+    record: dict[str, Any] = {"update": update, "env_steps": env_steps_at(config, update),
                               "wall_s": round(wall_s, 3)}
     per_seed = {"return": per_episode(metrics["return_sum"])}
     per_seed.update({k: per_episode(v) for k, v in metrics["env"].items()})
     for key in ("loss", "policy", "value", "entropy", "expert_loss", "approx_kl", "clip_frac",
-                "grad_norm", "reward_mean", "decision_frac"):
+                "grad_norm", "reward_mean", "decision_frac", "demo_kept"):
+        if key not in metrics:
+            continue
         per_seed[key] = per_update(metrics[key])
     # The weight in force at the last update of the chunk.
     last = np.maximum(valid.sum(1) - 1, 0)
@@ -490,6 +686,31 @@ def chunk_record(config: TrainConfig, metrics: dict, update: int, wall_s: float)
             record[f"{name}_seeds"] = [float(x) for x in value]
     record["episodes"] = int(episodes.sum())
     return record
+
+
+def env_steps_at(config: TrainConfig, update: int) -> int:
+    """Env steps per seed after ``update`` updates, the critic warm-up's included."""
+    return config.warm_env_steps + update * config.batch_steps
+
+
+def eval_record(config: TrainConfig, ev: dict) -> dict:
+    """The metrics.jsonl fields of one periodic evaluation (host numpy, leading seed axis
+    ``[K]``): ``eval_return`` and ``eval_<metric>`` (means over seeds of the per-seed mean over
+    the held-out episodes), with ``_seeds`` lists."""
+    out: dict[str, Any] = {}
+    per_seed = {"return": np.asarray(ev["return"], float)}
+    per_seed.update({k: np.asarray(v, float).mean(-1) for k, v in ev["metrics"].items()})
+    for key, value in per_seed.items():
+        out[f"eval_{key}"] = float(np.mean(value))
+        out[f"eval_{key}_seeds"] = [float(x) for x in value]
+    return out
+
+
+def eval_due(config: TrainConfig, before: int, after: int) -> bool:
+    """An evaluation is due after the chunk that took updates ``before`` to ``after``."""
+    if after >= config.num_updates or config.eval_every == 0:
+        return True
+    return after // config.eval_every > before // config.eval_every
 
 
 def _first_nonfinite(metrics: dict, first_update: int) -> int | None:
@@ -584,6 +805,24 @@ def train(
         say(f"resuming {run.path} from update {meta['update']}")
     else:
         history = []
+    evaluate = trainer.seeds_evaluate()
+    if not resume:
+        # The jump-start (leed, bc), then the evaluation at update 0: where each method starts.
+        record = {"update": 0, "env_steps": config.warm_env_steps}
+        if config.warm_start:
+            state, warm = trainer.seeds_warm()(state, demo_arrays)
+            warm = jax.device_get(warm)
+            record.update({k: float(np.mean(v)) for k, v in warm.items()})
+            say(f"warm start: {record['warm_steps']:.0f} steps, expert loss "
+                f"{record['warm_expert_loss_start']:.3f} -> {record['warm_expert_loss_end']:.3f}, "
+                f"greedy matches {100 * record['warm_demo_accuracy']:.1f} % of demo actions")
+        state, ev = evaluate(state)
+        record.update(eval_record(config, jax.device_get(ev)))
+        record["wall_s"] = round(time.perf_counter() - t_start, 3)
+        run.append_metrics(record)
+        history.append(record)
+        if config.warm_start:
+            checkpointer.save(0, state, {"update": 0, "wall_s": record["wall_s"]})
     shardings = None
     if mesh is not None:
         state, demo_arrays, shardings = _place(state, demo_arrays, mesh, env.spec.num_agents)
@@ -612,6 +851,7 @@ def train(
     progress = _Progress(config, start_update) if config.progress else None
     t_loop = time.perf_counter()
     update = start_update
+    ev = None  # the latest periodic evaluation (host numpy)
     try:
         for i in range(remaining):
             try:
@@ -632,9 +872,17 @@ def train(
                 kept = f"last good checkpoint: update {last} in {ckpt_dir}" if last is not None \
                     else "no checkpoint was written before it"
                 raise TrainingError(f"NaN in the loss at update {bad}; stopped ({kept})")
-            update = int(np.asarray(state.update)[0])
+            before, update = update, int(np.asarray(state.update)[0])
+            ev = None
+            if eval_due(config, before, update):
+                state, ev = evaluate(state)
+                if shardings is not None:  # back to the layout the chunk was compiled for
+                    state = jax.device_put(state, shardings)
+                ev = jax.device_get(ev)
             wall = prior_wall + time.perf_counter() - t_start
             record = chunk_record(config, metrics, update, wall)
+            if ev is not None:
+                record.update(eval_record(config, ev))
             record["env_steps_per_s"] = round(
                 (update - start_update) * config.batch_steps * config.seeds
                 / max(time.perf_counter() - t_loop, 1e-9), 1
@@ -653,18 +901,17 @@ def train(
     loop_s = time.perf_counter() - t_loop
     trained_steps = (update - start_update) * config.batch_steps
 
-    evaluation = jax.device_get(
-        jax.jit(jax.vmap(lambda p, k: trainer.evaluate(p, k, config.eval_envs, config.eval_greedy)))(
-            state.params, jax.vmap(lambda k: jax.random.fold_in(k, 7))(seed_keys(config))
-        )
-    )
+    # The final evaluation: the periodic one at the last update (the same held-out episodes).
+    if ev is None:
+        state, ev = evaluate(state)
+    evaluation = jax.device_get(ev)
     wall_s = prior_wall + time.perf_counter() - t_start
     summary = {
         "algo": config.algo,
         "scenario": env.name,
         "num_agents": env.spec.num_agents,
         "seeds": config.seeds,
-        "env_steps": update * config.batch_steps,
+        "env_steps": env_steps_at(config, update),
         "updates": update,
         "finished": update >= config.num_updates,
         "wall_s": round(wall_s, 2),
@@ -674,6 +921,7 @@ def train(
         "final_return_ci95": ci95(evaluation["episode_return"]),
         "final_return_seeds": [float(x) for x in evaluation["return"]],
         "eval_episodes": config.eval_envs,
+        "eval_seed": config.eval_seed,
         "eval_greedy": config.eval_greedy,
         # Episodes differ when the env draws each one (traffic with resampled demand, MPE);
         # greedy evaluation of a fixed-demand traffic scenario repeats one episode.
@@ -689,9 +937,13 @@ def train(
             summary[f"{k}_seeds"] = [float(x) for x in v.mean(1)]
     if demos is not None:
         summary["demo_return"] = float(np.asarray(demos.agent_return).mean())
+    warm_line = next((h for h in history if h.get("update") == 0 and "warm_steps" in h), None)
+    if warm_line is not None:
+        summary.update({k: v for k, v in warm_line.items() if k.startswith("warm_")})
+        summary["warm_eval_return"] = warm_line.get("eval_return")
     from leed_jax.dg.yardsticks import for_evaluation  # traffic: UE / SO on the same episodes
 
-    summary.update(for_evaluation(env, config.seed, config.eval_envs, evaluation["metrics"],
+    summary.update(for_evaluation(env, config.eval_seed, config.eval_envs, evaluation["metrics"],
                                   config.yardsticks, say=say if config.progress else None))
     run.write_summary(summary)
     plot_learning_curves({config.algo: history}, run.plot_path,
