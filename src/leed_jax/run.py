@@ -98,6 +98,15 @@ def resolve_config(argv: list[str] | None) -> tuple[TrainConfig, pathlib.Path | 
 
 
 def _say(msg: str) -> None:
+    """Progress for the user: from process 0 only (every process of a multi-process run
+    executes this file)."""
+    from leed_jax.parallel import is_writer
+
+    if is_writer():
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _error(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
@@ -157,11 +166,17 @@ def run(config: TrainConfig, resume_dir: pathlib.Path | None) -> int:
     from leed_jax.io.rundir import RunDir
     from leed_jax.po.trainer import load_demo_buffer, resolve_demos, train
 
+    from leed_jax.parallel import is_writer
+    from leed_jax.po.trainer import _mesh
+
     env = make_env(config.scenario, num_agents=config.num_agents)
-    # A given buffer is checked before anything is written.
+    # A given buffer and the mesh are checked before anything is written.
     demos = load_demo_buffer(config.demos, env) if config.demos else None
+    _mesh(config, env)
     out = pathlib.Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    writer = is_writer()
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
     _say(f"run directory: {out}")
     if demos is None and config.algo in ("leed", "bc"):
         config = config.replace(demos=str(resolve_demos(config, env, out, _say)))
@@ -188,6 +203,8 @@ def run(config: TrainConfig, resume_dir: pathlib.Path | None) -> int:
         references["demonstrations"] = {
             "return": demo_row["return"], "mean_travel_time": demo_row.get("mean_travel_time")
         }
+    if not writer:
+        return 0
     if len(histories) > 1 or references:
         plot_learning_curves(histories, RunDir(out).plot_path, title=f"{env.name}, N={env.spec.num_agents}",
                              references=references)
@@ -219,13 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     except bad_input as err:
         if os.environ.get("LEED_DEBUG"):
             raise
-        _say(f"{PROG}: error: {err}")
+        _error(f"{PROG}: error: {err}")
         return 2
     except TrainingError as err:
-        _say(f"{PROG}: {err}")
+        _error(f"{PROG}: {err}")
         return 1
     except KeyboardInterrupt:
-        _say(f"{PROG}: interrupted; continue with --resume {out}")
+        _error(f"{PROG}: interrupted; continue with --resume {out}")
         return 130
 
 

@@ -9,7 +9,7 @@ import math
 import pathlib
 from typing import Any
 
-from leed_jax.config import TrainConfig, dump_config, load_config
+from leed_jax.config import TrainConfig, dump_config
 
 
 def default_run_dir(scenario: str, algo: str, root: str | pathlib.Path = "runs") -> pathlib.Path:
@@ -32,10 +32,16 @@ def _clean(value: Any) -> Any:
 
 
 class RunDir:
-    """Paths and writers of one run directory."""
+    """Paths and writers of one run directory. In a multi-process run only process 0 writes
+    (``writer``); the others' writes are no-ops, their reads see process 0's files."""
 
-    def __init__(self, path: str | pathlib.Path):
+    def __init__(self, path: str | pathlib.Path, writer: bool | None = None):
         self.path = pathlib.Path(path)
+        if writer is None:
+            from leed_jax.parallel import is_writer
+
+            writer = is_writer()
+        self.writer = writer
 
     @property
     def config_path(self) -> pathlib.Path:
@@ -58,16 +64,17 @@ class RunDir:
         return self.path / "learning_curve.png"
 
     def create(self) -> RunDir:
-        self.path.mkdir(parents=True, exist_ok=True)
+        if self.writer:
+            self.path.mkdir(parents=True, exist_ok=True)
         return self
 
     def write_config(self, config: TrainConfig) -> None:
-        self.config_path.write_text(dump_config(config))
-
-    def read_config(self) -> TrainConfig:
-        return load_config(self.config_path)
+        if self.writer:
+            self.config_path.write_text(dump_config(config))
 
     def append_metrics(self, record: dict) -> None:
+        if not self.writer:
+            return
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(_clean(record)) + "\n")
 
@@ -84,12 +91,15 @@ class RunDir:
 
     def truncate_metrics(self, max_update: int) -> list[dict]:
         """Keep the records up to ``max_update`` (those after a resumed checkpoint are redone)."""
+        if not self.writer:
+            return []
         records = [r for r in self.read_metrics() if r.get("update", 0) <= max_update]
         self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
         return records
 
     def write_summary(self, summary: dict) -> None:
-        self.summary_path.write_text(json.dumps(_clean(summary), indent=2) + "\n")
+        if self.writer:
+            self.summary_path.write_text(json.dumps(_clean(summary), indent=2) + "\n")
 
     def read_summary(self) -> dict:
         return json.loads(self.summary_path.read_text())

@@ -438,17 +438,22 @@ def _first_nonfinite(metrics: dict, first_update: int) -> int | None:
 
 
 def resolve_demos(config: TrainConfig, env, out_dir: pathlib.Path, say=print):
-    """The demo buffer path of ``config`` (generated into ``out_dir/demos`` when unset)."""
+    """The demo buffer path of ``config`` (generated into ``out_dir/demos`` when unset; in a
+    multi-process run by process 0, the others wait for it and read the same files)."""
     if config.demos:
         return pathlib.Path(config.demos)
     from leed_jax.dg.buffer import read_demo_meta
     from leed_jax.dg.generate import generate_demos
+    from leed_jax.parallel import is_writer, sync
 
     overrides = {"num_agents": config.num_agents} if config.num_agents else None
-    path = generate_demos(
-        config.scenario, source="auto", model=config.model, out=out_dir / "demos",
-        seed=config.seed, overrides=overrides, progress=config.progress,
-    )
+    path = pathlib.Path(out_dir) / "demos"
+    if is_writer():
+        path = generate_demos(
+            config.scenario, source="auto", model=config.model, out=path,
+            seed=config.seed, overrides=overrides, progress=config.progress,
+        )
+    sync("leed_jax demos written")
     meta = read_demo_meta(path)
     source = meta.get("source", "?")
     how = f"LLM {meta.get('model')}" if source == "llm" else "the built-in planner (no LLM configured)"
@@ -484,12 +489,15 @@ def train(
     from leed_jax.io.checkpoint import Checkpointer, has_checkpoint
     from leed_jax.io.plots import plot_learning_curves
     from leed_jax.io.rundir import RunDir, default_run_dir
+    from leed_jax.parallel import broadcast_text, is_writer, to_host
 
-    say = say or (lambda msg: print(msg, file=sys.stderr))
+    writer = is_writer()  # process 0 writes files and reports; the others only compute
+    say = (say or (lambda msg: print(msg, file=sys.stderr))) if writer else (lambda msg: None)
     t_start = time.perf_counter()
     config.validate()
     if config.out is None:
-        config = config.replace(out=str(default_run_dir(config.scenario, config.algo)))
+        out = str(default_run_dir(config.scenario, config.algo))
+        config = config.replace(out=broadcast_text(out))
     run = RunDir(config.out)
     ckpt_dir = run.checkpoint_dir
     if resume and not has_checkpoint(run.path):
@@ -505,24 +513,22 @@ def train(
         demos = load_demo_buffer(config.demos, env)
     if not resume:
         run.write_config(config)
-        if run.metrics_path.exists():
+        if writer and run.metrics_path.exists():
             run.metrics_path.unlink()
     trainer = make_train(config, env, demos)
     demo_arrays = None if not trainer.use_expert else jax.tree_util.tree_map(jnp.asarray, demos)
     mesh = _mesh(config, env)
 
-    state = trainer.seeds_init()(seed_keys(config))
+    state, demo_arrays = _init_state(trainer, config, demo_arrays, mesh)
     checkpointer = Checkpointer(ckpt_dir)
     prior_wall = 0.0
     if resume:
-        state, meta = checkpointer.restore(state)
+        state, meta = checkpointer.restore(state, say=say)
         prior_wall = float(meta.get("wall_s", 0.0))
         history = run.truncate_metrics(int(meta["update"]))
         say(f"resuming {run.path} from update {meta['update']}")
     else:
         history = []
-    if mesh is not None:
-        state, demo_arrays = _place(state, demo_arrays, mesh, env.spec.num_agents)
 
     def out_of_memory(where: str) -> OutOfMemoryError:
         advice = memory_advice(config, env.spec.num_agents, jax.device_count())
@@ -540,19 +546,19 @@ def train(
         raise
     compile_s = time.perf_counter() - t_compile
 
-    start_update = int(np.asarray(state.update)[0])
+    start_update = int(to_host(state.update)[0])
     done_chunks = start_update // config.chunk_updates
     remaining = config.num_chunks - done_chunks
     if max_chunks is not None:
         remaining = min(remaining, max_chunks)
-    progress = _Progress(config, start_update) if config.progress else None
+    progress = _Progress(config, start_update) if config.progress and writer else None
     t_loop = time.perf_counter()
     update = start_update
     try:
         for i in range(remaining):
             try:
                 state, metrics = compiled(state, demo_arrays)
-                metrics = jax.device_get(metrics)
+                metrics = to_host(metrics)
             except jax.errors.JaxRuntimeError as exc:
                 if is_out_of_memory(exc):
                     raise out_of_memory(f"training (update {update})") from None
@@ -563,7 +569,7 @@ def train(
                 kept = f"last good checkpoint: update {last} in {ckpt_dir}" if last is not None \
                     else "no checkpoint was written before it"
                 raise TrainingError(f"NaN in the loss at update {bad}; stopped ({kept})")
-            update = int(np.asarray(state.update)[0])
+            update = int(to_host(state.update)[0])
             wall = prior_wall + time.perf_counter() - t_start
             record = chunk_record(config, metrics, update, wall)
             record["env_steps_per_s"] = round(
@@ -584,7 +590,7 @@ def train(
     loop_s = time.perf_counter() - t_loop
     trained_steps = (update - start_update) * config.batch_steps
 
-    evaluation = jax.device_get(
+    evaluation = to_host(
         jax.jit(jax.vmap(lambda p, k: trainer.evaluate(p, k, config.eval_envs, config.eval_greedy)))(
             state.params, jax.vmap(lambda k: jax.random.fold_in(k, 7))(seed_keys(config))
         )
@@ -614,14 +620,15 @@ def train(
     if demos is not None:
         summary["demo_return"] = float(np.asarray(demos.agent_return).mean())
     run.write_summary(summary)
-    plot_learning_curves({config.algo: history}, run.plot_path,
-                         title=f"{env.name}: {config.algo}, N={env.spec.num_agents}")
+    if writer:
+        plot_learning_curves({config.algo: history}, run.plot_path,
+                             title=f"{env.name}: {config.algo}, N={env.spec.num_agents}")
     return TrainResult(config, run.path, state, summary, history, trainer)
 
 
 def _mesh(config: TrainConfig, env):
-    """The device mesh of ``config`` (None: one device, nothing to place)."""
-    if config.mesh_data == 1 and config.mesh_agent == 1:
+    """The device mesh of ``config`` (None: one device in one process, nothing to place)."""
+    if config.mesh_data == 1 and config.mesh_agent == 1 and jax.process_count() == 1:
         return None
     from leed_jax.parallel import check_fits, make_mesh
 
@@ -630,13 +637,26 @@ def _mesh(config: TrainConfig, env):
     return mesh
 
 
-def _place(state: TrainState, demos, mesh, num_agents: int):
-    """Put the state and the demonstrations on the mesh; the jitted chunk follows them."""
+def _init_state(trainer: Trainer, config: TrainConfig, demos, mesh):
+    """The initial state (seed axis first) and the demonstrations, on the mesh when there is
+    one: the state is created where it lives (each device initialises its own agents' shard,
+    and in a multi-process run the init is one program of all processes, compiled once and
+    cached like the update); the jitted chunk follows the placement."""
+    keys = seed_keys(config)
+    if mesh is None:
+        return trainer.seeds_init()(keys), demos
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
     from leed_jax.parallel import demo_shardings, train_state_shardings
 
-    state = jax.device_put(state, train_state_shardings(state, mesh, num_agents))
+    n = trainer.num_agents
+    init = jax.vmap(trainer.init)
+    shardings = train_state_shardings(jax.eval_shape(init, keys), mesh, n)
+    keys = jax.device_put(np.asarray(keys), NamedSharding(mesh, P()))
+    state = jax.jit(init, out_shardings=shardings)(keys)
     if demos is not None:
-        demos = jax.device_put(demos, demo_shardings(demos, mesh, num_agents))
+        demos = jax.device_put(demos, demo_shardings(demos, mesh, n))
     return state, demos
 
 
