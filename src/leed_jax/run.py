@@ -169,6 +169,9 @@ def run(config: TrainConfig, resume_dir: pathlib.Path | None) -> int:
     from leed_jax.parallel import is_writer
     from leed_jax.po.trainer import _mesh
 
+    from leed_jax.io.rundir import check_writable, lock_run_dir
+
+    check_writable(config.out)
     env = make_env(config.scenario, num_agents=config.num_agents)
     # A given buffer and the mesh are checked before anything is written.
     demos = load_demo_buffer(config.demos, env) if config.demos else None
@@ -177,6 +180,7 @@ def run(config: TrainConfig, resume_dir: pathlib.Path | None) -> int:
     writer = is_writer()
     if writer:
         out.mkdir(parents=True, exist_ok=True)
+        lock_run_dir(out)
     _say(f"run directory: {out}")
     if demos is None and config.algo in ("leed", "bc"):
         config = config.replace(demos=str(resolve_demos(config, env, out, _say)))
@@ -222,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # DGError covers demo buffers that are missing or do not fit, and LLM provider failures.
     bad_input += (DGError,)
+    from leed_jax.io.checkpoint import CheckpointError
+    from leed_jax.io.rundir import RunDirError
+
+    bad_input += (CheckpointError, RunDirError)
     try:
         from leed_jax.parallel import MeshError
 

@@ -90,9 +90,13 @@ def run_sweep(
     from leed_jax.io.checkpoint import has_checkpoint
     from leed_jax.po.trainer import OutOfMemoryError, train
 
+    from leed_jax.io.rundir import check_writable, lock_run_dir
+
     say = say or (lambda m: print(m, file=sys.stderr))
     out = pathlib.Path(out)
+    check_writable(out)
     out.mkdir(parents=True, exist_ok=True)
+    lock_run_dir(out)
     rows = []
     total = len(agents) * len(algos)
     for i, n in enumerate(agents):
@@ -200,8 +204,13 @@ def _int_list(text: str, what: str) -> list[int]:
     return values
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage block
+        raise ConfigError(message)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m leed_jax.sweep", description="Scaling sweep over N and algorithms.")
+    p = _Parser(prog="python -m leed_jax.sweep", description="Scaling sweep over N and algorithms.")
     p.add_argument("--agents", default="10,100,1000", help="comma-separated numbers of agents")
     p.add_argument("--algos", default="leed,ippo", help=f"comma-separated, from {', '.join(ALGOS)}")
     p.add_argument("--seeds", type=int, default=3, help="seeds per cell, vmapped into one program")
@@ -211,10 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=None, help="base TrainConfig TOML for every cell")
     p.add_argument("--out", required=True, help="sweep directory (rerun to resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = p.parse_args(argv)
     from leed_jax.envs.base import ScenarioError
+    from leed_jax.io.checkpoint import CheckpointError
+    from leed_jax.io.rundir import RunDirError
 
     try:
+        args = p.parse_args(argv)
         base = load_config(args.config) if args.config else TrainConfig()
         changes = {
             "seeds": args.seeds,
@@ -235,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         if bad or not algos:
             raise ConfigError(f"--algos: unknown {', '.join(bad) or 'none given'}; choose from {', '.join(ALGOS)}")
         rows = run_sweep(base, agents, algos, args.out)
-    except (ConfigError, ScenarioError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ConfigError, ScenarioError, FileNotFoundError, ValueError, CheckpointError,
+            RunDirError) as exc:
+        print(f"python -m leed_jax.sweep: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(rows))
     return 0
