@@ -3,6 +3,10 @@
     python -m leed_jax.sweep --agents 10,100,1000 --algos leed,ippo --seeds 3 \
         [--scenario traffic-grid] [--total-steps 200000] [--config base.toml] --out DIR
 
+With ``--distributed`` (started by ``python -m leed_jax.launch`` or a cluster launcher) every
+cell runs as one program sharded over all processes' devices (``--mesh-data -1`` unless a mesh
+is given); process 0 alone writes the tables, the plot and the cells' run directories.
+
 Runs every (algo, N) cell of the grid with ``leed_jax.train`` (its seeds vmapped into one
 program), each in its own run directory ``DIR/cells/<algo>-n<N>``, and writes
 ``DIR/results.csv``, ``DIR/results.json`` and ``DIR/scaling.png`` (final return, mean travel
@@ -88,15 +92,18 @@ def run_sweep(
 ) -> list[dict]:
     """Run (or read back) every cell; write the tables and the plot; return the rows."""
     from leed_jax.io.checkpoint import has_checkpoint
+    from leed_jax.io.rundir import check_writable, lock_run_dir
+    from leed_jax.parallel import is_writer, sync
     from leed_jax.po.trainer import OutOfMemoryError, train
 
-    from leed_jax.io.rundir import check_writable, lock_run_dir
-
-    say = say or (lambda m: print(m, file=sys.stderr))
+    writer = is_writer()  # multi-process: every process runs every cell; process 0 writes
+    say = (say or (lambda m: print(m, file=sys.stderr))) if writer else (lambda m: None)
     out = pathlib.Path(out)
     check_writable(out)
-    out.mkdir(parents=True, exist_ok=True)
-    lock_run_dir(out)
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+        lock_run_dir(out)
+    sync("leed_jax sweep directory")
     rows = []
     total = len(agents) * len(algos)
     for i, n in enumerate(agents):
@@ -120,8 +127,11 @@ def run_sweep(
                     summary = _seeds_one_by_one(cfg, cell, say)
                 say(f"{tag}: done in {time.perf_counter() - t0:.1f} s, return {summary['final_return']:.3f}")
             rows.append(result_row(algo, n, cell, summary))
-            write_results(out, rows)
-    plot_scaling(rows, out / "scaling.png")
+            if writer:
+                write_results(out, rows)
+            sync("leed_jax sweep cell")  # the next cell's "finished?" reads the same files
+    if writer:
+        plot_scaling(rows, out / "scaling.png")
     return rows
 
 
@@ -220,18 +230,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=None, help="base TrainConfig TOML for every cell")
     p.add_argument("--out", required=True, help="sweep directory (rerun to resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--mesh-data", type=int, default=None, help="devices on the data axis of every cell (-1: all)")
+    p.add_argument("--mesh-agent", type=int, default=None, help="devices on the agent axis of every cell")
+    p.add_argument("--distributed", action="store_true",
+                   help="join a multi-process run first (see python -m leed_jax.launch): every "
+                        "cell runs sharded over all processes' devices; process 0 writes")
     from leed_jax.envs.base import ScenarioError
     from leed_jax.io.checkpoint import CheckpointError
     from leed_jax.io.rundir import RunDirError
 
     try:
         args = p.parse_args(argv)
+        if args.distributed:
+            from leed_jax.parallel import initialize_distributed
+
+            initialize_distributed()
         base = load_config(args.config) if args.config else TrainConfig()
         changes = {
             "seeds": args.seeds,
             "scenario": args.scenario,
             "total_steps": args.total_steps,
             "num_envs": args.num_envs,
+            "mesh_data": -1 if args.distributed and args.mesh_data is None else args.mesh_data,
+            "mesh_agent": args.mesh_agent,
         }
         base = base.replace(**{k: v for k, v in changes.items() if v is not None})
         if args.no_progress:
@@ -250,7 +271,10 @@ def main(argv: list[str] | None = None) -> int:
             RunDirError) as exc:
         print(f"python -m leed_jax.sweep: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(rows))
+    from leed_jax.parallel import is_writer
+
+    if is_writer():
+        print(json.dumps(rows))
     return 0
 
 
