@@ -1,10 +1,12 @@
 """Env-only throughput: random valid actions under jit + vmap over parallel envs.
 
-    python benchmarks/env_throughput.py [--scenario traffic-grid-large] [--agents 10,100,1000,10000]
+    python benchmarks/env_throughput.py [--scenario traffic-grid-large] [--agents 10,100,1000,10000] [--no-anaheim]
 
 Prints one JSON list last: per N, num_agents, num_envs, env_steps_per_s, agent_steps_per_s,
 compile_s, peak_rss_mb. The batch keeps about 2^15 agent slots per step (num_envs = max(1,
-32768 // N)), so per-agent figures compare like with like.
+32768 // N)), so per-agent figures compare like with like. A last row steps the city-scale
+``traffic-anaheim`` scenario (its whole OD matrix, 104,694 vehicles, one env) when its TNTP
+files are present (``../shared/data/tntp/``), else says why it is missing.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ def main() -> None:
     p.add_argument("--agents", default="10,100,1000,10000")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--agent-slots", type=int, default=32768)
+    p.add_argument("--no-anaheim", action="store_true", help="skip the traffic-anaheim row")
     args = p.parse_args()
     results = []
     for n in [int(x) for x in args.agents.split(",")]:
@@ -82,6 +85,14 @@ def main() -> None:
     for r in results:
         r["per_agent_vs_first"] = round(r["agent_steps_per_s"] / base["agent_steps_per_s"], 3)
         r["compile_vs_first"] = round(r["compile_s"] / max(base["compile_s"], 1e-9), 3)
+    if not args.no_anaheim:
+        try:
+            scenario = leed_jax.load_scenario("traffic-anaheim")
+            r = bench("traffic-anaheim", scenario.num_agents, args.steps, args.agent_slots)
+            print(f"# traffic-anaheim N={r['num_agents']}: {r['agent_steps_per_s']:.3g} agent-steps/s", flush=True)
+            results.append(r)
+        except leed_jax.ScenarioError as exc:  # the TNTP files are not shipped
+            results.append({"scenario": "traffic-anaheim", "skipped": str(exc)})
     print(json.dumps(results))
 
 

@@ -7,7 +7,10 @@
 Each request consumes the next action of the script (the last one repeats), or the script is a
 callable ``f(index, body) -> action``. Actions: ``Reply(text)``, ``Status(code)``,
 ``Stall(seconds)`` (hold the connection, then answer ``Reply(text)`` — past the client's
-timeout), ``Garbage()`` (HTTP 200 with a body that is not JSON).
+timeout), ``Garbage()`` (HTTP 200 with a body that is not JSON), ``RawJSON(payload)`` (HTTP 200
+with any JSON body, e.g. no or empty ``choices``), ``EchoHeaders(prefix)`` (a reply whose text
+quotes the request's headers, ``Authorization`` included — a server that leaks the key).
+``srv.max_in_flight`` is the most requests it held at once.
 """
 
 from __future__ import annotations
@@ -44,7 +47,17 @@ class Garbage:
     body: bytes = b"<html>definitely not json"
 
 
-Action = Reply | Status | Stall | Garbage
+@dataclasses.dataclass(frozen=True)
+class RawJSON:
+    payload: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class EchoHeaders:
+    prefix: str = "[MoveTo, Landmark_0, Agent_0]"
+
+
+Action = Reply | Status | Stall | Garbage | RawJSON | EchoHeaders
 
 
 class ScriptedLLMServer:
@@ -54,6 +67,8 @@ class ScriptedLLMServer:
         self.headers: list[dict] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._in_flight = 0
+        self.max_in_flight = 0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -73,6 +88,15 @@ class ScriptedLLMServer:
                     index = len(server.bodies)
                     server.bodies.append(body)
                     server.headers.append(dict(self.headers))
+                    server._in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server._in_flight)
+                try:
+                    self._answer(index, body)
+                finally:
+                    with server._lock:
+                        server._in_flight -= 1
+
+            def _answer(self, index: int, body: dict):
                 action = server._action(index, body)
                 if isinstance(action, Stall):
                     server._stop.wait(action.seconds)
@@ -82,6 +106,14 @@ class ScriptedLLMServer:
                         "message": action.message, "type": "scripted", "code": action.code}})
                 if isinstance(action, Garbage):
                     return self._raw(200, action.body, "text/html")
+                if isinstance(action, RawJSON):
+                    return self._send(200, action.payload)
+                if isinstance(action, EchoHeaders):
+                    # The Authorization header first, inside brackets: the reader quotes the
+                    # line's head in its report of a line it cannot read.
+                    items = sorted(self.headers.items(), key=lambda kv: kv[0] != "Authorization")
+                    quoted = "; ".join(f"{k}: {v}" for k, v in items)
+                    action = Reply(f"{action.prefix}\n[{quoted}]")
                 content = action.text
                 return self._send(200, {
                     "id": f"chatcmpl-{index}",

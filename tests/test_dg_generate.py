@@ -67,7 +67,8 @@ def test_planner_on_the_default_traffic_scenario(tmp_path):
     assert meta["source"] == "planner" and "no LLM" in meta["source_label"]
     assert meta["model"] is None and meta["dg_report"]["planner_by_design"] == 50
     assert set(meta["template_hashes"]) == {"traffic/system.md", "traffic/user.md",
-                                            "traffic/feedback.md"}
+                                            "traffic/feedback.md", "traffic/nexthop_system.md",
+                                            "traffic/nexthop.md"}
     # The executed plan is the planner's text, and the actions follow it.
     plan = (path / "plan.txt").read_text()
     assert plan.count("Agent_0]") >= 1
@@ -197,19 +198,20 @@ def test_http_round_trip_chunks_rounds_and_secrets(traffic, tmp_path, monkeypatc
 
     with ScriptedLLMServer(script) as srv:
         r = _llm(traffic, tmp_path, api_base=srv.url, agents_per_request=10, rounds=2,
-                 timeout=5.0)
+                 timeout=5.0, granularity="route")
         assert srv.count == 4  # 2 chunks x 2 rounds
         first, second = srv.bodies[0]["messages"], srv.bodies[2]["messages"]
         assert len(first) == 2 and len(second) == 4
         assert second[2]["role"] == "assistant"
         feedback = second[3]["content"]
-        assert "Round 1 result" in feedback and "Agent_" in feedback and " s (fastest" in feedback
+        assert "Round 1 result" in feedback and "Agent_" in feedback and " s (free-flow" in feedback
         # Prompts carry the graph, the vehicles and the instruction language.
         user = first[1]["content"]
         assert "Intersection_0 ->" in user and "departs at step" in user
         assert "[MoveTo, Intersection_" in user
         n_before = srv.count
-        again = _llm(traffic, tmp_path, api_base=srv.url, agents_per_request=10, rounds=2)
+        again = _llm(traffic, tmp_path, api_base=srv.url, agents_per_request=10, rounds=2,
+                     granularity="route")
         assert srv.count == n_before and again.meta["llm"]["cache_hits"] == 4
     meta = r.meta
     assert len(meta["round_metrics"]) == 2 and meta["rounds"] == 2

@@ -13,7 +13,10 @@ from leed_jax.dg.prompts import default_prompts_dir, load_prompts
 @pytest.mark.parametrize("family", ["traffic", "mpe"])
 def test_bundled_templates_load(family):
     p = load_prompts(family)
-    assert set(p.hashes) == {f"{family}/system.md", f"{family}/user.md", f"{family}/feedback.md"}
+    base = {f"{family}/system.md", f"{family}/user.md", f"{family}/feedback.md"}
+    # Traffic also has the next-hop (multiple-choice) prompt.
+    extra = {"traffic/nexthop_system.md", "traffic/nexthop.md"} if family == "traffic" else set()
+    assert set(p.hashes) == base | extra
     assert all(len(h) == 64 for h in p.hashes.values())
     assert "[MoveTo," in p.texts["system"]
 

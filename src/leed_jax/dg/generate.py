@@ -5,19 +5,42 @@ One instruction path for both sources: the planner writes the same text an LLM w
 go through ``parse_instructions`` → ``DGFamily.validate`` → ``executor_for(env)`` →
 ``from_transitions`` → ``save_demos``.
 
-Refinement (``rounds = K > 1``, LLM only): after each round the plan is executed, the outcome
-(per-vehicle travel times, the most congested links, the invalid instructions) is rendered
-through the feedback template, and the model is asked again with its previous answer in the
-conversation. Each agent keeps its best plan over the rounds (traffic: its own return; MPE:
-the team return, since the reward is shared); the combined best plans are executed once more
-for the buffer. The expert's metrics of every round are logged and stored in the metadata.
+LLM modes (all recorded in the metadata and the DG report, ``llm_mode``):
+
+* granularity — ``route``: the model writes each agent's whole plan (traffic: the route's
+  intersections; MPE: the landmark); ``next-hop`` (traffic): the model answers multiple-choice
+  decisions, one per vehicle and intersection (``leed_jax.dg.nexthop``), which a 135M model
+  can do; ``auto``: next-hop for a local server or a model whose name gives a size under
+  8B parameters, route otherwise (MPE is always route: its plan is already one choice).
+* output — structured (a JSON schema through litellm's ``response_format``) where the
+  provider offers it, text otherwise (``LLMConfig.structured``); a structured reply is turned
+  into instruction text and goes through the same reader, validator and repair.
+* coordinated chunks (route mode, traffic): chunks are asked one after the other and each
+  prompt lists the link loads planned by the chunks before it, so round 1 is already
+  congestion-aware (across episodes, chunks of the same index are still sent together).
+
+Failures: a request that still fails after its retries costs only its own chunk (its agents
+take the planner's plan, fallback reason ``request failed``, counted); a provider that fails
+every request — or is unreachable, refuses the key, or does not know the model — stops the run
+with :class:`LLMError` (the CLI's exit 1). Every reply that did arrive is cached, so a rerun
+asks only for the rest.
+
+Refinement (``rounds = K > 1``, LLM only): after each round the joint plan is executed as a
+whole, the outcome (per-vehicle travel times, the most congested links, the invalid
+instructions) is rendered through the feedback template, and the model is asked again with its
+previous answer in the conversation (next-hop: the last round's link peaks are shown with each
+option). The best *whole round* — highest total return on the same episode (traffic: least
+total travel time) — is kept; agents of different rounds are never stitched together, since
+such a mix was never simulated. Every round's metrics and DG report are stored.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -30,13 +53,13 @@ import numpy as np
 
 from leed_jax.dg.buffer import DemoBuffer, array_summary, from_transitions, save_demos
 from leed_jax.dg.cache import default_cache_dir
-from leed_jax.dg.errors import DGError
+from leed_jax.dg.errors import DGError, LLMError
 from leed_jax.dg.executor import ExpertRollout, executor_for
 from leed_jax.dg.family import DGFamily, family_for
-from leed_jax.dg.instructions import ParsedReply, ParseIssue, parse_instructions
-from leed_jax.dg.llm import MAX_STORED_CHARS, LLMClient, LLMConfig, safe_api_base
+from leed_jax.dg.instructions import ParsedReply, ParseIssue, parse_instructions, structured_to_text
+from leed_jax.dg.llm import MAX_STORED_CHARS, LLMClient, LLMConfig, is_local, safe_api_base
 from leed_jax.dg.prompts import load_prompts
-from leed_jax.dg.report import DGReport, summarize
+from leed_jax.dg.report import DGReport, Issue, summarize
 from leed_jax.dg.validate import Request
 
 log = logging.getLogger("leed_jax.dg")
@@ -61,6 +84,14 @@ class DemoConfig:
     the planner otherwise), "llm" or "planner". ``cache_dir`` None means
     ``$LEED_LLM_CACHE`` or ``~/.cache/leed_jax/llm``. ``llm_extra`` is passed to litellm as is
     (e.g. ``{"mock_response": "..."}``).
+
+    The LLM options of the DG stage all live here (the CLI flags map onto them one to one):
+    ``timeout`` None scales each request's timeout with its size (``llm.auto_timeout``);
+    ``max_tokens`` None gives each request a completion budget sized to the plan it asks for;
+    ``concurrency`` None is 1 for a local ``api_base`` (a single-slot server queues the rest)
+    and 4 otherwise; ``granularity`` "auto" | "route" | "next-hop"; ``structured`` "auto" |
+    "json_schema" | "json_object" | "off"; ``coordinate`` chunks (route mode);
+    ``decisions_per_request`` next-hop decisions per request.
     """
 
     scenario: str
@@ -73,12 +104,16 @@ class DemoConfig:
     episodes: int | None = None
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     agents_per_request: int = 20
-    timeout: float = 120.0
+    timeout: float | None = None
     max_retries: int = 4
     backoff_base: float = 1.0
-    concurrency: int = 4
+    concurrency: int | None = None
     temperature: float = 0.0
-    max_tokens: int | None = 8192
+    max_tokens: int | None = None
+    granularity: str = "auto"
+    structured: str = "auto"
+    coordinate: bool = True
+    decisions_per_request: int = 32
     cache_dir: Path | None = None
     prompts_dir: Path | None = None
     progress: bool = True
@@ -97,13 +132,45 @@ class DemoConfig:
         return ("llm", model) if model else ("planner", None)
 
     def check(self) -> None:
-        for name in ("rounds", "episodes", "agents_per_request", "concurrency"):
+        for name in ("rounds", "episodes", "agents_per_request", "concurrency",
+                     "decisions_per_request", "max_tokens"):
             if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise DGError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.timeout <= 0:
-            raise DGError(f"timeout must be positive, got {self.timeout}")
+        if self.timeout is not None and not (self.timeout > 0 and math.isfinite(self.timeout)):
+            raise DGError(f"timeout must be a positive number of seconds, got {self.timeout}")
+        if self.granularity not in GRANULARITIES:
+            raise DGError(f"granularity {self.granularity!r} is not one of "
+                          f"{', '.join(GRANULARITIES)}")
+        if self.structured not in ("auto", "off", "json_schema", "json_object"):
+            raise DGError(f"structured {self.structured!r} is not one of auto, off, "
+                          f"json_schema, json_object")
         if self.max_retries < 0:
             raise DGError(f"max_retries must be >= 0, got {self.max_retries}")
+
+
+GRANULARITIES = ("auto", "route", "next-hop")
+#: ``granularity="auto"`` picks next-hop below this many parameters (benchmarks/dg_llm.py).
+SMALL_MODEL_PARAMS = 8e9
+_SIZE = re.compile(r"(?<![a-z0-9.])(\d+(?:\.\d+)?)\s*([mb])(?![a-z])", re.IGNORECASE)
+
+
+def model_params(model: str) -> float | None:
+    """Parameters named in a model id (``smollm2-135m`` → 1.35e8, ``llama3.1:8b`` → 8e9)."""
+    sizes = [float(m.group(1)) * (1e6 if m.group(2).lower() == "m" else 1e9)
+             for m in _SIZE.finditer(model.replace("_", "-").replace(":", "-").replace("/", "-"))]
+    return max(sizes) if sizes else None
+
+
+def resolve_granularity(cfg_value: str, family: str, model: str, api_base: str | None) -> str:
+    """The granularity a run uses (MPE: always route — its plan is a single choice)."""
+    if family != "traffic":
+        return "route"
+    if cfg_value != "auto":
+        return cfg_value
+    size = model_params(model)
+    if size is not None:
+        return "next-hop" if size < SMALL_MODEL_PARAMS else "route"
+    return "next-hop" if is_local(api_base) else "route"
 
 
 @dataclasses.dataclass
@@ -121,11 +188,16 @@ class _Episode:
     key: jax.Array
     fam: DGFamily
     best_plans: list | None = None
-    best_scores: np.ndarray | None = None
+    best_total: float = -math.inf  # total return of the best whole round
     best_report: DGReport | None = None
+    best_round: int = 0
+    best_rollout: ExpertRollout | None = None
     rollout: ExpertRollout | None = None
     last_replies: list[str] | None = None
     feedback: list[str] | None = None
+    last_peak: np.ndarray | None = None
+    last_reply_objs: list | None = None
+    loads: np.ndarray | None = None
 
 
 def _chunks(n: int, size: int) -> list[list[int]]:
@@ -145,27 +217,12 @@ def _execute(run, ep: _Episode, plans) -> ExpertRollout:
     return jax.device_get(out)
 
 
-def _keep_best(ep: _Episode, plans, scores: np.ndarray, report: DGReport) -> None:
-    if ep.best_plans is None:
-        ep.best_plans, ep.best_scores = list(plans), scores.copy()
-        ep.best_report = dataclasses.replace(report, plan_origin=list(report.plan_origin),
-                                             fallback_reason=list(report.fallback_reason),
-                                             dropped=report.dropped.copy(),
-                                             gap_fills=report.gap_fills.copy(),
-                                             completions=report.completions.copy(),
-                                             issues=list(report.issues))
-        return
-    best = ep.best_report
-    for i in np.flatnonzero(scores > ep.best_scores + 1e-9):
-        ep.best_plans[i] = plans[i]
-        ep.best_scores[i] = scores[i]
-        best.plan_origin[i] = report.plan_origin[i]
-        best.fallback_reason[i] = report.fallback_reason[i]
-        best.dropped[i] = report.dropped[i]
-        best.gap_fills[i] = report.gap_fills[i]
-        best.completions[i] = report.completions[i]
-    best.issues.extend(report.issues)
-    best.round = -1  # a mix of rounds
+def _keep_best(ep: _Episode, plans, rollout: ExpertRollout, report: DGReport, r: int) -> None:
+    """Keep the round whose joint plan, simulated as a whole, has the highest total return."""
+    total = float(np.sum(ep.fam.scores(rollout)))  # traffic: −total travel time (+ bonuses)
+    if total > ep.best_total + 1e-9 or ep.best_plans is None:
+        ep.best_plans, ep.best_total, ep.best_report = list(plans), total, report
+        ep.best_round, ep.best_rollout = r, rollout
 
 
 def _mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -187,6 +244,15 @@ def run_dg(cfg: DemoConfig, env=None) -> DGResult:
     e.g. to share its compiled executor). Returns the buffer, its metadata and the reports."""
     cfg.check()
     source, model = cfg.resolve_source()
+    from leed_jax.dg.local_server import is_local_model, local_server
+
+    if source == "llm" and is_local_model(model):  # "local": a llama.cpp server for this run
+        if cfg.api_base:
+            raise DGError("--model local starts its own server on 127.0.0.1: leave out "
+                          "--api-base")
+        with local_server(model) as (name, url):
+            return run_dg(dataclasses.replace(cfg, source="llm", model=name, api_base=url),
+                          env=env)
     t0 = time.perf_counter()
     if env is None:
         from leed_jax.envs.registry import make_env
@@ -209,6 +275,7 @@ def run_dg(cfg: DemoConfig, env=None) -> DGResult:
     round_metrics: list[dict] = []  # the expert's metrics after each round
     round_reports: list[dict] = []  # the DG report summary of each round
     llm_stats: dict = {}
+    llm_mode: dict | None = None
     t_plan = time.perf_counter()
     if source == "planner":
         rounds_run = 1
@@ -227,55 +294,61 @@ def run_dg(cfg: DemoConfig, env=None) -> DGResult:
             model=model, api_base=cfg.api_base, temperature=cfg.temperature,
             max_tokens=cfg.max_tokens, seed=cfg.seed, timeout=cfg.timeout,
             max_retries=cfg.max_retries, backoff_base=cfg.backoff_base,
-            concurrency=cfg.concurrency,
+            concurrency=cfg.concurrency, structured=cfg.structured,
             cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(),
             extra=dict(cfg.llm_extra)))
+        granularity = resolve_granularity(cfg.granularity, env.family, model, cfg.api_base)
+        coordinated = cfg.coordinate and hasattr(episodes[0].fam, "plan_loads")
         chunks = _chunks(n, cfg.agents_per_request)
-        total = cfg.rounds * len(episodes) * len(chunks)
+        nexthop_stats: list[dict] = []
+        if granularity == "next-hop":
+            from leed_jax.dg.nexthop import plan_round
+
+            total = None  # the number of decision batches is known only as they are made
+        else:
+            total = cfg.rounds * len(episodes) * len(chunks)
         with _progress(cfg.progress, total) as bar:
             task = bar.add_task("llm", total=total)
+            advance = lambda *_: bar.advance(task)
             for r in range(1, cfg.rounds + 1):
-                batch, where = [], []
-                for e, ep in enumerate(episodes):
-                    for c, agents in enumerate(chunks):
-                        msgs = ep.fam.messages(agents)
-                        if r > 1:
-                            prev = ep.last_replies[c][:MAX_ECHOED_REPLY] or "(no answer)"
-                            msgs += [{"role": "assistant", "content": prev},
-                                     {"role": "user", "content": ep.feedback[c]}]
-                        batch.append(msgs)
-                        where.append((e, c))
-                replies = client.complete(batch, on_reply=lambda i, rep: bar.advance(task))
                 rows, reports = [], []
-                for e, ep in enumerate(episodes):
-                    requests = []
-                    for (e2, c), rep in zip(where, replies):
-                        if e2 != e:
-                            continue
-                        parsed = parse_instructions(rep.text)
-                        note = _FINISH_NOTES.get(rep.finish_reason or "")
-                        if note:
-                            parsed = ParsedReply(parsed.instructions,
-                                                 parsed.issues + (ParseIssue(0, note),))
-                        requests.append(Request(c, chunks[c], parsed))
-                    ep.last_replies = [rep.text for (e2, _), rep in zip(where, replies)
-                                       if e2 == e]
-                    report = DGReport(n, "llm", round=r, episode=e)
-                    plans = ep.fam.validate(requests, "llm", report)
-                    ep.rollout = _execute(run, ep, plans)
-                    _keep_best(ep, plans, ep.fam.scores(ep.rollout), report)
-                    rows.append(ep.fam.metrics(ep.rollout))
-                    reports.append(report)
-                    if r < cfg.rounds:
-                        ep.feedback = [ep.fam.feedback(agents, ep.rollout, report, c, r)
-                                       for c, agents in enumerate(chunks)]
+                if granularity == "next-hop":
+                    for e, ep in enumerate(episodes):
+                        report = DGReport(n, "llm", round=r, episode=e)
+                        plans, st = plan_round(ep.fam, client, report, round_=r,
+                                               per_request=cfg.decisions_per_request,
+                                               last_peak=ep.last_peak, on_request=advance)
+                        nexthop_stats.append({"round": r, "episode": e, **st.as_dict()})
+                        _finish_round(run, ep, plans, report, r, rows, reports)
+                        ep.last_peak = np.asarray(ep.rollout.extras.get("peak_link_counts"))
+                else:
+                    _route_round(cfg, client, episodes, chunks, r, coordinated, advance)
+                    for e, ep in enumerate(episodes):
+                        report = DGReport(n, "llm", round=r, episode=e)
+                        plans = _validate_replies(ep, chunks, ep.last_reply_objs, report)
+                        _finish_round(run, ep, plans, report, r, rows, reports)
+                        if r < cfg.rounds:
+                            ep.feedback = [ep.fam.feedback(agents, ep.rollout, report, c, r)
+                                           for c, agents in enumerate(chunks)]
                 round_metrics.append(_mean_metrics(rows))
                 round_reports.append(summarize(reports))
                 _log_round(r, cfg.rounds, round_metrics[-1], reports)
-        if cfg.rounds > 1:  # execute the combined best plans once more, for the buffer
-            for ep in episodes:
-                ep.rollout = _execute(run, ep, ep.best_plans)
+                if client.all_failed():
+                    raise LLMError(_all_failed_message(client))
+        for ep in episodes:  # the buffer records the best whole round, as it was simulated
+            ep.rollout = ep.best_rollout
         llm_stats = client.stats.as_dict()
+        llm_mode = {"granularity": granularity, "output": client.describe_mode(),
+                    "probe": list(client.probe), "structured_setting": cfg.structured,
+                    "replies_ignoring_schema": client.ignored_schema,
+                    "coordinated_chunks": bool(coordinated and granularity == "route"
+                                               and len(chunks) > 1),
+                    "concurrency": client.config.workers(),
+                    "timeout": cfg.timeout if cfg.timeout is not None else "auto",
+                    "max_tokens": cfg.max_tokens if cfg.max_tokens is not None else "auto",
+                    "best_round": [ep.best_round for ep in episodes]}
+        if nexthop_stats:
+            llm_mode["next_hop"] = nexthop_stats
     t_exec = time.perf_counter()
 
     final = _mean_metrics([ep.fam.metrics(ep.rollout) for ep in episodes])
@@ -300,6 +373,7 @@ def run_dg(cfg: DemoConfig, env=None) -> DGResult:
         "episodes": cfg.episodes,
         "seed": cfg.seed,
         "agents_per_request": cfg.agents_per_request if source == "llm" else None,
+        "llm_mode": llm_mode,
         "round_metrics": round_metrics,
         "round_dg_reports": round_reports,
         "metrics": final,  # the expert's metrics of the executed (final) plan
@@ -311,7 +385,7 @@ def run_dg(cfg: DemoConfig, env=None) -> DGResult:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "leed_jax_version": _version(),
     }
-    report_doc = {"summary": summary, "source_label": label,
+    report_doc = {"summary": summary, "source_label": label, "llm_mode": llm_mode,
                   "episodes": [r.as_dict() for r in reports]}
     plan_text = "".join(
         (f"# episode {e}\n" if len(episodes) > 1 else "") + ep.fam.plan_text(ep.best_plans)
@@ -320,6 +394,86 @@ def run_dg(cfg: DemoConfig, env=None) -> DGResult:
     path = save_demos(cfg.out, buffer, meta, report=report_doc, plan_text=plan_text)
     meta["timing_s"]["total"] = round(time.perf_counter() - t0, 3)
     return DGResult(path, buffer, meta, reports)
+
+
+def _finish_round(run, ep: _Episode, plans, report: DGReport, r: int, rows: list,
+                  reports: list) -> None:
+    """Simulate the round's joint plan as a whole, record it, keep it if it is the best."""
+    ep.rollout = _execute(run, ep, plans)
+    _keep_best(ep, plans, ep.rollout, report, r)
+    rows.append(ep.fam.metrics(ep.rollout))
+    reports.append(report)
+
+
+def _route_round(cfg: DemoConfig, client: LLMClient, episodes: list[_Episode], chunks, r: int,
+                 coordinated: bool, advance) -> None:
+    """Ask for every chunk's plans (route granularity); sets ``ep.last_reply_objs``.
+
+    Coordinated: chunk ``c`` is asked after chunks ``< c`` are validated, with their planned
+    link loads in its prompt (chunks of the same index in different episodes go together).
+    """
+    for ep in episodes:
+        ep.last_reply_objs = [None] * len(chunks)
+        ep.loads = None
+    order = [[c] for c in range(len(chunks))] if coordinated else [list(range(len(chunks)))]
+    for group in order:
+        batch, asks, where = [], [], []
+        for e, ep in enumerate(episodes):
+            for c in group:
+                agents = chunks[c]
+                msgs = (ep.fam.messages(agents, ep.loads) if coordinated
+                        else ep.fam.messages(agents))
+                if r > 1:
+                    prev = ep.last_replies[c][:MAX_ECHOED_REPLY] or "(no answer)"
+                    msgs += [{"role": "assistant", "content": prev},
+                             {"role": "user", "content": ep.feedback[c]}]
+                batch.append(msgs)
+                asks.append(ep.fam.ask(agents))
+                where.append((e, c))
+        replies = client.complete(batch, on_reply=advance, asks=asks, tolerate=True)
+        for (e, c), rep in zip(where, replies):
+            ep = episodes[e]
+            ep.last_reply_objs[c] = rep
+            if coordinated and c + 1 < len(chunks):
+                tmp = DGReport(ep.fam.num_agents, "llm")
+                plans = _validate_replies(ep, chunks, ep.last_reply_objs, tmp, only=[c])
+                add = ep.fam.plan_loads(plans, chunks[c])
+                ep.loads = add if ep.loads is None else ep.loads + add
+    for ep in episodes:
+        ep.last_replies = [rep.text if rep is not None else "" for rep in ep.last_reply_objs]
+
+
+def _validate_replies(ep: _Episode, chunks, replies, report: DGReport,
+                      only: list[int] | None = None):
+    """Validate the chunks' replies into per-agent plans; a failed request's agents fall
+    back to the planner (reason ``request failed``)."""
+    requests, failed = [], []
+    for c, rep in enumerate(replies):
+        if rep is None or (only is not None and c not in only):
+            continue
+        if rep.error:
+            failed.append((c, rep))
+            continue
+        text = rep.text
+        if rep.mode != "text":
+            text = structured_to_text(rep.text, ep.fam.target_kind) or rep.text
+        parsed = parse_instructions(text)
+        note = _FINISH_NOTES.get(rep.finish_reason or "")
+        if note:
+            parsed = ParsedReply(parsed.instructions, parsed.issues + (ParseIssue(0, note),))
+        requests.append(Request(c, chunks[c], parsed))
+    plans = ep.fam.validate(requests, "llm", report)
+    for c, rep in failed:
+        report.add(Issue("request failed", rep.error, request=c))
+        for a in chunks[c]:
+            report.fallback_reason[a] = "request failed"
+    return plans
+
+
+def _all_failed_message(client: LLMClient) -> str:
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(client.stats.failures_by_kind.items()))
+    return (f"every LLM request failed ({client.stats.failed_requests}: {kinds}), nothing "
+            f"came from the model. First failure: {client.first_error}")
 
 
 def _log_round(r: int, rounds: int, metrics: dict, reports: list[DGReport]) -> None:

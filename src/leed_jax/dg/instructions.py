@@ -140,3 +140,41 @@ def format_instruction(target_kind: str, target: int, agent: int) -> str:
     """The canonical line, e.g. ``format_instruction("Intersection", 5, 3)`` →
     ``"[MoveTo, Intersection_5, Agent_3]"``."""
     return f"[MoveTo, {target_kind}_{int(target)}, Agent_{int(agent)}]"
+
+
+# "Agent_3": [1, 2, 5]   or   "Agent_3": 2   — also inside a reply cut off mid-array.
+_JSON_ENTRY = re.compile(r'"\s*(?:Agent|Vehicle)[ _\-#]?(\d+)\s*"\s*:\s*(\[[^\]\[{}]*\]?|-?\d+)',
+                         re.IGNORECASE)
+
+
+def structured_to_text(text: str | None, target_kind: str) -> str | None:
+    """A structured (JSON) reply ``{"Agent_3": [5, 9], ...}`` as instruction text, so that it
+    goes through the same reader, validator and repair as a text reply; ``None`` if ``text``
+    holds no such entry (then it is read as text). Tolerant of a reply cut off by the token
+    limit: the entries before the cut are kept, an array cut in the middle keeps its complete
+    numbers and is marked with a final ``[MoveTo, ...`` line that the reader reports as
+    truncated."""
+    if not text or "{" not in text:
+        return None
+    lines: list[str] = []
+    for m in _JSON_ENTRY.finditer(text):
+        agent, value = int(m.group(1)), m.group(2)
+        if value.startswith("["):
+            cut = not value.endswith("]")
+            body = value.strip("[]")
+            items = [t.strip().strip('"\'') for t in body.split(",")]
+            if cut and items:
+                items = items[:-1]  # the last number may itself be cut
+            targets = [t for t in items if t]
+        else:
+            cut, targets = False, [value]
+        for t in targets:
+            t = t.rsplit("_", 1)[-1]  # "Intersection_5" or 5
+            if t.lstrip("-").isdigit():
+                lines.append(format_instruction(target_kind, int(t), agent)
+                             if int(t) >= 0 else f"[MoveTo, {target_kind}_{t}, Agent_{agent}]")
+            else:
+                lines.append(f"[MoveTo, {t!r}, Agent_{agent}]")  # reported as unreadable
+        if cut:
+            lines.append(f"[MoveTo, {target_kind}_")
+    return "\n".join(lines) if lines else None

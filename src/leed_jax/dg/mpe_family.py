@@ -8,6 +8,7 @@ import numpy as np
 
 from leed_jax.dg.executor import ExpertRollout, pad_targets
 from leed_jax.dg.instructions import format_instruction
+from leed_jax.dg.llm import Ask
 from leed_jax.dg.planner import assignment_to_text, spread_assignment
 from leed_jax.dg.prompts import PromptSet
 from leed_jax.dg.report import DGReport
@@ -39,7 +40,14 @@ class MpeDG:
     def _fields(self) -> dict:
         return {"num_agents": self.num_agents, "num_landmarks": self.num_landmarks}
 
-    def messages(self, agents: list[int]) -> list[dict]:
+    def ask(self, agents: list[int]) -> Ask:
+        """Budget, stop sequence and schema (one landmark per agent, a multiple choice)."""
+        pick = {"type": "integer", "enum": list(range(self.num_landmarks))}
+        schema = {"type": "object", "properties": {f"Agent_{i}": pick for i in agents},
+                  "required": [f"Agent_{i}" for i in agents], "additionalProperties": False}
+        return Ask(max_tokens=int(1.5 * 16 * len(agents)) + 32, stop=("END",), schema=schema)
+
+    def messages(self, agents: list[int], loads=None) -> list[dict]:
         fmt = lambda p: f"({p[0]:.2f}, {p[1]:.2f})"
         fields = self._fields() | {
             "agents": "\n".join(f"Agent_{i}: {fmt(self.agent_pos[i])}" for i in agents),

@@ -16,6 +16,8 @@ from pathlib import Path
 from leed_jax.dg.errors import DGError
 
 TEMPLATE_FILES = ("system", "user", "feedback")
+#: Loaded when present: the next-hop (multiple-choice) prompt of the traffic family.
+OPTIONAL_FILES = ("nexthop_system", "nexthop")
 
 
 def default_prompts_dir() -> Path:
@@ -43,8 +45,11 @@ class PromptSet:
         }
 
     def render(self, which: str, **fields) -> str:
-        """Fill template ``which`` ("system" | "user" | "feedback"); unknown placeholders are an
-        error naming the file, unused fields are fine."""
+        """Fill template ``which`` ("system" | "user" | "feedback" | "nexthop_system" |
+        "nexthop"); unknown placeholders are an error naming the file, unused fields are fine."""
+        if which not in self.texts:
+            raise DGError(f"prompt template {which}.md is missing for the {self.family!r} "
+                          f"family (it is needed for this mode)")
         try:
             return string.Template(self.texts[which]).substitute(
                 {k: str(v) for k, v in fields.items()}
@@ -72,4 +77,9 @@ def load_prompts(family: str, prompts_dir: str | Path | None = None) -> PromptSe
             )
         paths[name] = path
         texts[name] = path.read_text(encoding="utf-8")
+    for name in OPTIONAL_FILES:
+        path = folder / f"{name}.md"
+        if path.is_file():
+            paths[name] = path
+            texts[name] = path.read_text(encoding="utf-8")
     return PromptSet(family, paths, texts)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from functools import cached_property
 
 import numpy as np
 
 from leed_jax.dg.executor import ExpertRollout, pad_targets
 from leed_jax.dg.graph import RouteGraph
+from leed_jax.dg.llm import Ask
 from leed_jax.dg.planner import routes_to_text, traffic_routes
 from leed_jax.dg.prompts import PromptSet
 from leed_jax.dg.report import DGReport
@@ -15,6 +17,14 @@ from leed_jax.dg.validate import Request, collect_targets, traffic_paths
 
 TOP_CONGESTED = 10
 MAX_PROBLEMS = 30
+MAX_LISTED_LOADS = 40  # planned-load lines in a coordinated chunk's prompt
+# Completion budget of a route request: tokens per instruction line ("[MoveTo,
+# Intersection_12, Agent_3]" is ~14 tokens; a JSON list entry ~3), per agent of overhead, and
+# the margin over the free-flow route length (a congestion-aware route may be longer).
+TOKENS_PER_INSTRUCTION = {"text": 16, "json": 4}
+TOKENS_PER_AGENT = {"text": 2, "json": 8}
+BUDGET_MARGIN = 1.5
+STOP = ("END",)
 
 
 class TrafficDG:
@@ -59,14 +69,57 @@ class TrafficDG:
                 "horizon": p.horizon, "num_nodes": self.graph.num_nodes,
                 "num_links": self.graph.num_links, "num_vehicles": self.num_agents}
 
-    def messages(self, agents: list[int]) -> list[dict]:
+    def messages(self, agents: list[int], loads: np.ndarray | None = None) -> list[dict]:
+        """The route request for ``agents``; ``loads [E]``: vehicles planned on each link by
+        the chunks before this one (coordinated chunks), shown in the prompt."""
         vehicles = "\n".join(
             f"Agent_{i}: from Intersection_{self.origin[i]} to Intersection_"
             f"{self.destination[i]}, departs at step {self.departure[i]}" for i in agents)
         fields = self._fields() | {"adjacency": self._adjacency, "vehicles": vehicles,
-                                   "num_requested": len(agents)}
+                                   "num_requested": len(agents),
+                                   "planned_loads": self._loads_text(loads)}
         return [{"role": "system", "content": self.prompts.render("system", **fields)},
                 {"role": "user", "content": self.prompts.render("user", **fields)}]
+
+    def _loads_text(self, loads: np.ndarray | None) -> str:
+        if loads is None or not np.any(loads > 0):
+            return "(none)"
+        g = self.graph
+        ratio = loads / np.maximum(g.link_capacity, 1e-9)
+        top = [e for e in np.argsort(-ratio, kind="stable")[:MAX_LISTED_LOADS] if loads[e] > 0]
+        lines = [f"Intersection_{g.link_src[e]} -> Intersection_{g.link_dst[e]}: "
+                 f"{loads[e]:.0f} / {g.link_capacity[e]:.0f}" for e in top]
+        rest = int(np.sum(loads > 0)) - len(top)
+        return "\n".join(lines + ([f"... and {rest} less loaded links"] if rest > 0 else []))
+
+    def plan_loads(self, plans, agents) -> np.ndarray:
+        """Vehicles of ``agents`` planned on each link ``[E]`` (from their node paths)."""
+        g = self.graph
+        loads = np.zeros(g.num_links)
+        for i in agents:
+            p = plans[i]
+            for u, v in itertools.pairwise(p):
+                e = g.link_index(u, v)
+                if e >= 0:
+                    loads[e] += 1
+        return loads
+
+    def ask(self, agents: list[int]) -> Ask:
+        """Budget, stop sequence and JSON schema of a route request for ``agents``."""
+        g = self.graph
+        tt = g.tt[self.origin[agents], self.destination[agents]]
+        hops = [max(1, len(g.shortest_path(int(self.origin[i]), int(self.destination[i]))) - 1)
+                if np.isfinite(t) else 1 for i, t in zip(agents, tt)]
+        # The schema mode needs fewer tokens; the budget covers the text mode, the larger.
+        budget = int(BUDGET_MARGIN * sum(h * TOKENS_PER_INSTRUCTION["text"]
+                                         + TOKENS_PER_AGENT["text"] for h in hops)) + 32
+        item = {"type": "integer"}
+        route = {"type": "array", "items": item}
+        if g.num_nodes <= 64:  # a bounded list keeps the grammar of a small network small
+            route["maxItems"] = g.num_nodes
+        schema = {"type": "object", "properties": {f"Agent_{i}": route for i in agents},
+                  "required": [f"Agent_{i}" for i in agents], "additionalProperties": False}
+        return Ask(max_tokens=budget, stop=STOP, schema=schema)
 
     def feedback(self, agents, rollout: ExpertRollout, report: DGReport, request: int,
                  round_: int) -> str:
@@ -74,7 +127,7 @@ class TrafficDG:
         arrived = np.asarray(rollout.extras["arrived"])
         free = self.graph.tt[self.origin, self.destination]
         vehicles = "\n".join(
-            f"Agent_{i}: {tt[i]:.0f} s (fastest {free[i]:.0f} s)"
+            f"Agent_{i}: {tt[i]:.0f} s (free-flow {free[i]:.0f} s)"
             + ("" if arrived[i] else ", did NOT arrive") for i in agents)
         peak = np.asarray(rollout.extras["peak_link_counts"])
         ratio = peak / np.maximum(self.graph.link_capacity, 1e-9)

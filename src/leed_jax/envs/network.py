@@ -265,94 +265,20 @@ def grid_network(
     )
 
 
-def read_tntp(path: str | Path, capacity_scale: float = 1.0) -> RoadNetwork:
+def read_tntp(
+    path: str | Path, capacity_scale: float = 1.0, length_unit: str = "auto", split_centroids: bool = True
+) -> RoadNetwork:
     """Read a TNTP ``*_net.tntp`` file (Transportation Networks for Research format).
 
-    Columns after ``~``: init_node term_node capacity length free_flow_time b power speed toll
-    link_type. ``capacity`` is a flow (veh/h) and ``free_flow_time`` is in minutes; the link
-    holds ``capacity · t_free`` vehicles at free flow, which is the occupancy capacity used by
-    the env's BPR law (times ``capacity_scale``). Node coordinates are read from a sibling
-    ``*_node.tntp`` when there is one, else laid out on a circle.
+    Every per-link field is kept: capacity as a flow (``link_flow_capacity``, veh/h), the
+    link's own BPR ``b`` and ``power``, and zone centroids below ``<FIRST THRU NODE>`` that no
+    path may pass through (split into a source and a sink node by default, else turn
+    restrictions). See :func:`leed_jax.envs.tntp.read_tntp_network`, which also returns zones.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ScenarioError(f"TNTP network file not found: {path}")
-    src, dst, cap, length, tfree = [], [], [], [], []
-    in_data = False
-    num_nodes_declared = None
-    for lineno, raw in enumerate(path.read_text().splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("~"):
-            continue
-        if not in_data:
-            if line.upper().startswith("<NUMBER OF NODES>"):
-                num_nodes_declared = _tntp_int(line.split(">", 1)[1], path, lineno)
-            if line.upper().startswith("<END OF METADATA>"):
-                in_data = True
-            continue
-        fields = line.rstrip(";").split()
-        if len(fields) < 5:
-            raise ScenarioError(f"{path}:{lineno}: expected at least 5 columns (init term capacity length fftime), got {len(fields)}")
-        try:
-            a, b = int(fields[0]), int(fields[1])
-            c, ln, ft = float(fields[2]), float(fields[3]), float(fields[4])
-        except ValueError:
-            raise ScenarioError(f"{path}:{lineno}: non-numeric link fields {fields[:5]}") from None
-        if ft <= 0 or c <= 0:
-            raise ScenarioError(f"{path}:{lineno}: free_flow_time and capacity must be positive")
-        src.append(a)
-        dst.append(b)
-        cap.append(c)
-        length.append(ln)
-        tfree.append(ft * 60.0)
-    if not in_data:
-        raise ScenarioError(f"{path}: no <END OF METADATA> line; not a TNTP network file")
-    if not src:
-        raise ScenarioError(f"{path}: no links after <END OF METADATA>")
-    ids = sorted(set(src) | set(dst))
-    if num_nodes_declared is not None and max(ids) > num_nodes_declared:
-        raise ScenarioError(f"{path}: link refers to node {max(ids)} but <NUMBER OF NODES> is {num_nodes_declared}")
-    index = {n: i for i, n in enumerate(ids)}
-    tfree_a = np.array(tfree)
-    length_a = np.array(length)
-    # Lengths in TNTP may be 0 or in miles; travel time is what matters: derive a speed from it.
-    length_a = np.where(length_a > 0, length_a, tfree_a)
-    xy = _tntp_nodes(path, ids)
-    return RoadNetwork(
-        name=path.name.replace("_net.tntp", "").replace(".tntp", ""),
-        node_xy=xy,
-        node_names=[f"Intersection_{i}" for i in range(len(ids))],
-        link_src=np.array([index[a] for a in src]),
-        link_dst=np.array([index[b] for b in dst]),
-        link_length=length_a,
-        link_speed=length_a / tfree_a,
-        link_lanes=np.ones(len(src)),
-        link_capacity=np.maximum(np.array(cap) / 3600.0 * tfree_a * capacity_scale, 1.0),
-    )
+    from leed_jax.envs.tntp import read_tntp_network
 
-
-def _tntp_int(text, path, lineno):
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise ScenarioError(f"{path}:{lineno}: expected an integer, got {text.strip()!r}") from None
-
-
-def _tntp_nodes(path: Path, ids: list[int]) -> np.ndarray:
-    node_file = path.with_name(path.name.replace("_net.tntp", "_node.tntp"))
-    coords: dict[int, tuple[float, float]] = {}
-    if node_file != path and node_file.is_file():
-        for lineno, raw in enumerate(node_file.read_text().splitlines(), 1):
-            f = raw.strip().rstrip(";").split()
-            if len(f) >= 3 and f[0].lstrip("-").isdigit():
-                try:
-                    coords[int(f[0])] = (float(f[1]), float(f[2]))
-                except ValueError:
-                    raise ScenarioError(f"{node_file}:{lineno}: non-numeric coordinates {f[:3]}") from None
-    if all(i in coords for i in ids):
-        return np.array([coords[i] for i in ids])
-    angle = 2 * np.pi * np.arange(len(ids)) / len(ids)
-    return np.stack([np.cos(angle), np.sin(angle)], 1) * 1000.0
+    tn = read_tntp_network(path, capacity_scale=capacity_scale, length_unit=length_unit, split_centroids=split_centroids)
+    return tn.net
 
 
 def read_sumo(path: str | Path, capacity_per_lane_km: float = 20.0, vclass: str = "passenger") -> RoadNetwork:

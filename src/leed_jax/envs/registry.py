@@ -151,8 +151,14 @@ def _build_traffic(sc: Scenario):
             if n > d.num_agents:
                 raise ScenarioError(f"num_agents={n} but the demand file has only {d.num_agents} vehicles")
             d = dem.Demand(d.origin[:n], d.destination[:n], d.departure[:n])
+    elif dkind == "tntp":  # a TNTP trips matrix → vehicles (leed_jax.envs.tntp)
+        from leed_jax.envs.tntp import scenario_demand
+
+        if kind != "tntp":
+            raise ScenarioError(f"{sc.path}: [demand] kind 'tntp' needs [network] kind 'tntp'")
+        d = scenario_demand(_data_path(net_t.get("file"), sc.path), dem_t, sc.path, opts)
     else:
-        raise ScenarioError(f"{sc.path}: [demand] kind {dkind!r} is not one of random, file")
+        raise ScenarioError(f"{sc.path}: [demand] kind {dkind!r} is not one of random, file, tntp")
     try:
         params = TrafficParams(**env_t)
     except TypeError as exc:
