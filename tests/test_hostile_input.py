@@ -144,3 +144,20 @@ def test_truncated_demo_buffer(capsys, tmp_path):
     _one_line(capsys, run_main(["--demos", str(path), "--out", str(tmp_path / "o")]), "unreadable")
     assert demos_main(["--scenario", "traffic-grid", "--check", str(path)]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_demos_cli_checks_out_and_cache_dir_first_and_usage_is_one_line(capsys, tmp_path):
+    from leed_jax.dg.cli import main as demos_main
+
+    file = tmp_path / "f"
+    file.write_text("keep me")
+    assert demos_main(["--scenario", "traffic-grid", "--source", "planner", "--out", str(file)]) == 2
+    _one_line(capsys, 2, "--out", "existing file")
+    assert demos_main(["--scenario", "traffic-grid", "--source", "planner", "--cache-dir", str(file),
+                       "--out", str(tmp_path / "d")]) == 2
+    _one_line(capsys, 2, "--cache-dir")
+    assert not (tmp_path / "d").exists() and file.read_text() == "keep me"
+    with pytest.raises(SystemExit) as exc:
+        demos_main(["--scenario", "traffic-grid", "--bogus"])
+    assert exc.value.code == 2
+    _one_line(capsys, 2, "--bogus")

@@ -611,6 +611,8 @@ def train(
         "final_return_seeds": [float(x) for x in evaluation["return"]],
         "eval_episodes": config.eval_envs,
         "eval_greedy": config.eval_greedy,
+        "devices": 1 if mesh is None else int(mesh.devices.size),
+        "processes": jax.process_count(),
     }
     summary["metric_names"] = sorted(evaluation["metrics"])
     for k, v in evaluation["metrics"].items():
