@@ -18,6 +18,6 @@ if kill_at:
 
     checkpoint.Checkpointer.save = save_then_die
 
-from leed_jax.run import main  # noqa: E402
+from leed_jax.run import main
 
 sys.exit(main(sys.argv[1:]))

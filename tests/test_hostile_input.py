@@ -7,13 +7,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from leed_jax.io.checkpoint import CheckpointError, Checkpointer, checkpoint_steps
+from leed_jax.io.checkpoint import Checkpointer, CheckpointError, checkpoint_steps
 from leed_jax.run import main as run_main
 from leed_jax.sweep import main as sweep_main
 
@@ -76,8 +75,9 @@ def test_second_writer_is_refused_and_sigkill_frees_the_lock(capsys, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from leed_jax.io.rundir import lock_run_dir; "
-         "lock_run_dir(sys.argv[1]); print('locked', flush=True); time.sleep(60)", str(out)],
+        [sys.executable, "-c", ("import sys, time; from leed_jax.io.rundir import lock_run_dir; "
+                                "lock_run_dir(sys.argv[1]); print('locked', flush=True); "
+                                "time.sleep(60)"), str(out)],
         stdout=subprocess.PIPE, text=True,
     )
     try:

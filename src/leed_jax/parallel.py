@@ -181,7 +181,7 @@ def _quiet_stdout(writer: bool) -> None:
         else:
             null = os.open(os.devnull, os.O_WRONLY)
             os.dup2(null, 1)
-            sys.stdout = open(os.devnull, "w")
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the process lifetime)
             logging.getLogger().setLevel(logging.ERROR)
             logging.getLogger("absl").setLevel(logging.ERROR)
             import warnings

@@ -163,13 +163,9 @@ def _demo_row(demo_path: pathlib.Path, demos, metric_names: list[str]) -> dict:
 def run(config: TrainConfig, resume_dir: pathlib.Path | None) -> int:
     from leed_jax.envs.registry import make_env
     from leed_jax.io.plots import plot_learning_curves
-    from leed_jax.io.rundir import RunDir
-    from leed_jax.po.trainer import load_demo_buffer, resolve_demos, train
-
+    from leed_jax.io.rundir import RunDir, check_writable, lock_run_dir
     from leed_jax.parallel import is_writer
-    from leed_jax.po.trainer import _mesh
-
-    from leed_jax.io.rundir import check_writable, lock_run_dir
+    from leed_jax.po.trainer import _mesh, load_demo_buffer, resolve_demos, train
 
     check_writable(config.out)
     env = make_env(config.scenario, num_agents=config.num_agents)

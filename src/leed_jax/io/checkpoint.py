@@ -124,7 +124,7 @@ class Checkpointer:
         for step in reversed(steps):
             try:
                 result, reason = self._restore_step(step, like), None
-            except Exception as exc:  # any damage: the file formats raise many types
+            except Exception as exc:  # noqa: BLE001 (any damage: the formats raise many types)
                 result, reason = None, _reason(exc)
             # Damage may touch one process's shards only: all take the same step, or none.
             if not all_processes_ok(reason is None):
