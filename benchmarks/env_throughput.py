@@ -1,12 +1,16 @@
 """Env-only throughput: random valid actions under jit + vmap over parallel envs.
 
-    python benchmarks/env_throughput.py [--scenario traffic-grid-large] [--agents 10,100,1000,10000] [--no-anaheim]
+    python benchmarks/env_throughput.py [--scenario traffic-grid-large] [--agents 10,100,1000,10000]
+        [--models queue,step] [--no-anaheim]
 
-Prints one JSON list last: per N, num_agents, num_envs, env_steps_per_s, agent_steps_per_s,
-compile_s, peak_rss_mb. The batch keeps about 2^15 agent slots per step (num_envs = max(1,
-32768 // N)), so per-agent figures compare like with like. A last row steps the city-scale
-``traffic-anaheim`` scenario (its whole OD matrix, 104,694 vehicles, one env) when its TNTP
-files are present (``../shared/data/tntp/``), else says why it is missing.
+Prints one JSON list last: per (link model, N), num_agents, num_envs, env_steps_per_s,
+agent_steps_per_s, compile_s, peak_rss_mb, load average. The batch keeps about 2^15 agent
+slots per step (num_envs = max(1, 32768 // N)), so per-agent figures compare like with like.
+The link models run alternately in one process (queue = the continuous-time spatial queue,
+step = the old step-rounded BPR model), so their ratio is meaningful on a shared machine.
+A last row steps the city-scale ``traffic-anaheim`` scenario (its whole OD matrix, 104,694
+vehicles, one env, scenario default model) when its TNTP files are present
+(``../shared/data/tntp/``), else says why it is missing.
 """
 
 from __future__ import annotations
@@ -40,8 +44,13 @@ def make_rollout(env, num_envs: int, steps: int):
     return rollout
 
 
-def bench(scenario: str, n: int, steps: int, agent_slots: int) -> dict:
-    env = leed_jax.envs.wrappers.AutoResetWrapper(leed_jax.make_env(scenario, num_agents=n))
+def bench(scenario: str, n: int, steps: int, agent_slots: int, model: str | None = None) -> dict:
+    import os
+
+    overrides = {"num_agents": n}
+    if model:
+        overrides["link_model"] = model
+    env = leed_jax.envs.wrappers.AutoResetWrapper(leed_jax.make_env(scenario, **overrides))
     num_envs = max(1, agent_slots // n)
     rollout = make_rollout(env, num_envs, steps)
     t0 = time.perf_counter()
@@ -55,6 +64,9 @@ def bench(scenario: str, n: int, steps: int, agent_slots: int) -> dict:
     env_steps = num_envs * steps / run_s
     return {
         "scenario": scenario,
+        "link_model": model or "default",
+        "moves_per_step": getattr(env, "moves", None),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
         "num_agents": n,
         "num_envs": num_envs,
         "steps": steps,
@@ -74,17 +86,28 @@ def main() -> None:
     p.add_argument("--agents", default="10,100,1000,10000")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--agent-slots", type=int, default=32768)
+    p.add_argument("--models", default="queue,step", help="link models to compare (traffic only; '' = scenario default)")
     p.add_argument("--no-anaheim", action="store_true", help="skip the traffic-anaheim row")
     args = p.parse_args()
+    models = [m for m in args.models.split(",") if m] or [None]
     results = []
     for n in [int(x) for x in args.agents.split(",")]:
-        r = bench(args.scenario, n, args.steps, args.agent_slots)
-        print(f"# N={n}: {r['agent_steps_per_s']:.3g} agent-steps/s, compile {r['compile_s']} s", flush=True)
-        results.append(r)
-    base = results[0]
-    for r in results:
-        r["per_agent_vs_first"] = round(r["agent_steps_per_s"] / base["agent_steps_per_s"], 3)
-        r["compile_vs_first"] = round(r["compile_s"] / max(base["compile_s"], 1e-9), 3)
+        for m in models:  # alternate models at each N: same machine load for both
+            r = bench(args.scenario, n, args.steps, args.agent_slots, m)
+            print(f"# {m or 'default'} N={n}: {r['agent_steps_per_s']:.3g} agent-steps/s, compile {r['compile_s']} s",
+                  flush=True)
+            results.append(r)
+    for m in models:
+        rows = [r for r in results if r["link_model"] == (m or "default")]
+        base = rows[0]
+        for r in rows:
+            r["per_agent_vs_first"] = round(r["agent_steps_per_s"] / base["agent_steps_per_s"], 3)
+            r["compile_vs_first"] = round(r["compile_s"] / max(base["compile_s"], 1e-9), 3)
+    if len(models) > 1:
+        for r in results:
+            if r["link_model"] != models[-1]:
+                ref = next(x for x in results if x["link_model"] == models[-1] and x["num_agents"] == r["num_agents"])
+                r[f"vs_{models[-1]}"] = round(r["agent_steps_per_s"] / ref["agent_steps_per_s"], 3)
     if not args.no_anaheim:
         try:
             scenario = leed_jax.load_scenario("traffic-anaheim")

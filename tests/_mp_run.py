@@ -11,8 +11,8 @@ if kill_at:
 
     save = checkpoint.Checkpointer.save
 
-    def save_then_die(self, step, state, meta):
-        save(self, step, state, meta)
+    def save_then_die(self, step, state, meta, **kwargs):
+        save(self, step, state, meta, **kwargs)
         if step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 

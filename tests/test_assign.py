@@ -79,7 +79,8 @@ def test_sioux_falls_matches_the_published_equilibrium():
 def test_scenario_yardsticks():
     p = problem_from_scenario("traffic-grid")
     env = leed_jax.make_env("traffic-grid")
-    assert p.total_demand == pytest.approx(env.spec.num_agents * 3600.0 / (20 * env.params.dt))
+    window = env.scenario.tables["demand"]["departure_window"]  # steps
+    assert p.total_demand == pytest.approx(env.spec.num_agents * 3600.0 / (window * env.params.dt))
     ue = solve(p, objective="ue", gap=1e-6, backend="scipy")  # the host loop compiles least
     so = solve(p, objective="so", gap=1e-6, backend="scipy")
     free = np.asarray(env.network.tt)[env.demand.origin, env.demand.destination].mean()

@@ -15,7 +15,7 @@ import leed_jax
 from leed_jax.dg import cli
 from leed_jax.dg.buffer import load_demos, read_demo_meta
 from leed_jax.dg.errors import DGError, LLMError
-from leed_jax.dg.generate import DemoConfig, generate_demos, run_dg
+from leed_jax.dg.generate import DemoConfig, default_episodes, generate_demos, run_dg
 from leed_jax.dg.graph import RouteGraph
 from leed_jax.dg.planner import routes_to_text
 
@@ -24,7 +24,8 @@ SECRET = "sk-leed-test-SECRET-9876543210"
 
 @pytest.fixture(scope="module")
 def traffic():
-    return leed_jax.make_env("traffic-grid", num_agents=20)
+    # One fixed episode (these tests are about replies and plans, not demand draws).
+    return leed_jax.make_env("traffic-grid", num_agents=20, resample=False)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def _all_files(*roots):
 
 # ---------------------------------------------------------------------------- planner
 def test_planner_on_the_default_traffic_scenario(tmp_path):
-    env = leed_jax.make_env("traffic-grid")
+    env = leed_jax.make_env("traffic-grid", resample=False)
     path = generate_demos(env, source="planner", out=tmp_path / "d", progress=False)
     buf = load_demos(path, env)
     meta = read_demo_meta(path)
@@ -173,6 +174,14 @@ def test_default_episodes_one_for_fixed_demand_many_for_random_starts(spread, tr
     assert planned.meta["episodes"] == 64 and planned.buffer.valid.sum(axis=1).min() == 64 * 25
     fixed = run_dg(DemoConfig(scenario="x", out=tmp_path / "c", source="planner", progress=False), env=traffic)
     assert fixed.meta["episodes"] == 1
+    # Traffic whose demand is redrawn every episode: demonstrations cover several episodes,
+    # each planned for its own vehicles.
+    resampled = leed_jax.make_env("traffic-grid", num_agents=20, horizon=30, departure_window=5)
+    assert resampled.resample
+    many = run_dg(DemoConfig(scenario="x", out=tmp_path / "d", source="planner", progress=False, episodes=3),
+                  env=resampled)
+    assert many.meta["episodes"] == 3 and many.meta["metrics"]["arrival_rate"] == 1.0
+    assert default_episodes(resampled, "planner") > 1
 
 
 def test_llm_source_needs_a_model(traffic, tmp_path, monkeypatch):

@@ -99,7 +99,7 @@ def _state(x):
 def test_damaged_latest_checkpoint_falls_back_and_is_kept(tmp_path, damage):
     ckpt = Checkpointer(tmp_path / "checkpoints")
     ckpt.save(1, _state(1.0), {"update": 1})
-    ckpt.save(2, _state(2.0), {"update": 2})
+    ckpt.save(2, _state(2.0), {"update": 2}, wait=True)
     state_dir = tmp_path / "checkpoints/2/state"
     if damage == "truncate":
         biggest = max((p for p in state_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
@@ -123,7 +123,7 @@ def test_damaged_latest_checkpoint_falls_back_and_is_kept(tmp_path, damage):
 
 def test_no_checkpoint_restores(tmp_path):
     ckpt = Checkpointer(tmp_path / "checkpoints")
-    ckpt.save(1, _state(1.0), {"update": 1})
+    ckpt.save(1, _state(1.0), {"update": 1}, wait=True)
     (tmp_path / "checkpoints/1/state/_METADATA").write_text("")
     with pytest.raises(CheckpointError, match="update 1"):
         ckpt.restore(_state(0.0))

@@ -1,9 +1,16 @@
 """Multi-process training over loopback: 2 processes x 2 forced CPU devices each (gloo
 collectives, a coordinator on 127.0.0.1 at a free port) train a LEED run sharded over the 4
-devices, and reach the parameters of the single-process run on 4 devices. Process 0 alone
-writes the run directory; process 1 prints nothing; a run whose processes are all SIGKILLed
-resumes to the same parameters. Every launch has a timeout and kills all its processes when
-one fails."""
+devices (2 x 2 data x agent mesh), and reach the state of the single-process run on 4 devices.
+Process 0 alone writes the run directory; process 1 prints nothing; a run whose processes are
+all SIGKILLed resumes to the same state. Every launch has a timeout and kills all its
+processes when one fails.
+
+Kept short for the suite (about 35 s on 2 idle cores): the smallest env (MPE simple spread,
+4 agents, 25-step episodes), 2 updates, and three launches only — the single-process
+reference runs alongside the first multi-process launch, and the resumed launch reads its
+compiled programs from the compile cache the first one filled.
+(``jax_share_binary_between_hosts``, process 0 compiling for both, would halve the compile
+work but deadlocked the first gloo collective here with jax 0.10 on CPU.)"""
 
 from __future__ import annotations
 
@@ -17,32 +24,33 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_run_cli import TINY
 
 from leed_jax.io.checkpoint import checkpoint_steps, load_leaves
 from leed_jax.launch import free_port, process_env
 
 TESTS = Path(__file__).parent
 ARGS = [
-    "--agents", "4", "--num-envs", "4", "--num-steps", "8", "--total-steps", "128",
-    "--num-minibatches", "2", "--update-epochs", "1", "--log-every", "1", "--eval-envs", "2",
-    "--expert-batch-size", "8", "--no-progress", "--mesh-data", "2", "--mesh-agent", "2",
-]  # 4 updates, a checkpoint after each (the last two kept)
-TIMEOUT = 240
+    "--scenario", "mpe-spread", "--agents", "4", "--num-envs", "4", "--num-steps", "8",
+    "--total-steps", "64", "--num-minibatches", "2", "--update-epochs", "1", "--log-every", "1",
+    "--eval-envs", "2", "--expert-batch-size", "8", "--no-progress",
+    "--mesh-data", "2", "--mesh-agent", "2",
+]  # 2 updates, a checkpoint after each
+TIMEOUT = 180
 
 
-@pytest.fixture(scope="module")
-def work(tmp_path_factory):
-    """Scenario file and a compile cache shared by every process of this module."""
-    root = tmp_path_factory.mktemp("mp")
-    (root / "tiny.toml").write_text(TINY)
+@pytest.fixture
+def env(tmp_path):
+    """Environment of every launched process: CPU only, the worktree's sources, one compile
+    cache for all launches (the resumed launch reads the programs the first one compiled)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
         [str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]),
-        JAX_COMPILATION_CACHE_DIR=str(root / "xla-cache"),
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla-cache"),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        MP_LOGS=str(tmp_path))
     env.pop("LEED_TEST_KILL_AT", None)
-    return root, env
+    env.pop("XLA_FLAGS", None)
+    return env
 
 
 def _kill_all(procs):
@@ -79,20 +87,13 @@ def run_processes(env, argv, n=2, extra_env=None, timeout=TIMEOUT):
     return [(p.returncode, o.read_text(), e.read_text()) for p, (o, e) in zip(procs, logs)]
 
 
-def single_process(env, argv, devices=4, timeout=TIMEOUT):
+def start_single_process(env, argv, devices=4):
+    """The single-process run on ``devices`` forced devices, started in the background (its
+    own session, so that a failing test can kill it with its children)."""
     penv = dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    return subprocess.run([sys.executable, str(TESTS / "_mp_run.py"), *argv], env=penv,
-                          capture_output=True, text=True, timeout=timeout, check=False)
-
-
-@pytest.fixture(scope="module")
-def reference(work):
-    """The single-process run on 4 forced devices (same mesh)."""
-    root, env = work
-    out = root / "reference"
-    proc = single_process(env, ["--scenario", str(root / "tiny.toml"), *ARGS, "--out", str(out)])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    return subprocess.Popen([sys.executable, str(TESTS / "_mp_run.py"), *argv], env=penv,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
 
 
 def _max_diff(a: Path, b: Path) -> float:
@@ -103,33 +104,40 @@ def _max_diff(a: Path, b: Path) -> float:
                for u, v in zip(x, y, strict=True))
 
 
-def test_two_processes_train_like_one_survive_sigkill_and_only_process_0_writes(work, reference, tmp_path):
-    """One multi-process run, SIGKILLed in all its processes after the checkpoint of update 2,
-    then resumed by two new processes: its final state equals the single-process run's.
-    (An uninterrupted multi-process run is not launched separately to keep the suite short:
-    the resumed run trains updates 1-2 and 3-4 across processes and restores the sharded
-    checkpoint in between, so it covers both.)"""
-    root, env = work
-    env = dict(env, MP_LOGS=str(tmp_path))
-    out = root / "multi"
-    argv = ["--scenario", str(root / "tiny.toml"), *ARGS, "--out", str(out)]
-    results = run_processes(env, argv, extra_env={"LEED_TEST_KILL_AT": "2"})
-    assert results[0][0] == -signal.SIGKILL, results[0][2][-2000:]
-    assert all(rc is not None and rc < 0 for rc, _, _ in results)  # nothing survived
-    assert results[1][1] == results[1][2] == ""  # process 1: nothing but errors
-    assert "run directory" in results[0][2] and "demonstrations" in results[0][2]
-    assert (out / "demos" / "demos.npz").is_file()  # generated by process 0, read by both
-    assert checkpoint_steps(out / "checkpoints") == [1, 2]
+def test_two_processes_train_like_one_survive_sigkill_and_only_process_0_writes(env, tmp_path):
+    """One multi-process run, SIGKILLed in all its processes after the checkpoint of update 1,
+    then resumed by two new processes: its final state equals the single-process run's on 4
+    devices (same mesh). The resumed run trains update 1 and update 2 across processes and
+    restores the sharded checkpoint in between, so an uninterrupted multi-process run is not
+    launched separately."""
+    reference = tmp_path / "reference"
+    single = start_single_process(env, [*ARGS, "--out", str(reference)])
+    try:
+        out = tmp_path / "multi"
+        results = run_processes(env, [*ARGS, "--out", str(out)], extra_env={"LEED_TEST_KILL_AT": "1"})
+        assert results[0][0] == -signal.SIGKILL, results[0][2][-2000:]
+        assert all(rc is not None and rc < 0 for rc, _, _ in results)  # nothing survived
+        assert results[1][1] == results[1][2] == ""  # process 1: nothing but errors
+        assert "run directory" in results[0][2] and "demonstrations" in results[0][2]
+        assert (out / "demos" / "demos.npz").is_file()  # generated by process 0, read by both
+        assert checkpoint_steps(out / "checkpoints") == [1]
 
-    (rc0, out0, err0), (rc1, out1, err1) = run_processes(env, ["--resume", str(out)])
-    assert (rc0, rc1) == (0, 0), err0[-2000:] + err1[-2000:]
-    assert out1 == err1 == ""
-    assert "resuming" in err0 and "from update 2" in err0 and "evaluation" in out0
-    for name in ("config.toml", "metrics.jsonl", "summary.json", "learning_curve.png"):
-        assert (out / name).is_file(), name
-    updates = [json.loads(x)["update"] for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert updates == [1, 2, 3, 4]  # one writer: no duplicated or interleaved lines
-    assert checkpoint_steps(out / "checkpoints") == [3, 4]
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["finished"] and summary["env_steps"] == 128
+        (rc0, out0, err0), (rc1, out1, err1) = run_processes(env, ["--resume", str(out)])
+        assert (rc0, rc1) == (0, 0), err0[-2000:] + err1[-2000:]
+        assert out1 == err1 == ""
+        assert "resuming" in err0 and "from update 1" in err0 and "evaluation" in out0
+        for name in ("config.toml", "metrics.jsonl", "summary.json", "learning_curve.png"):
+            assert (out / name).is_file(), name
+        updates = [json.loads(x)["update"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+        assert updates == [1, 2]  # one writer: no duplicated or interleaved lines
+        assert checkpoint_steps(out / "checkpoints") == [1, 2]
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["finished"] and summary["env_steps"] == 64
+        assert summary["processes"] == 2 and summary["devices"] == 4
+
+        _, err = single.communicate(timeout=TIMEOUT)
+        assert single.returncode == 0, err[-3000:]
+    finally:
+        _kill_all([single])
+    assert json.loads((reference / "summary.json").read_text())["processes"] == 1
     assert _max_diff(out, reference) <= 1e-6

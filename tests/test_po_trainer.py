@@ -113,8 +113,8 @@ def test_stop_and_resume_reaches_the_same_parameters(reference, tmp_path):
 
 
 def test_resume_after_sigkill_reaches_the_same_parameters(reference, tmp_path, compile_cache):
-    # A subprocess trains CFG and SIGKILLs itself right after logging update 5: checkpoint 4
-    # is on disk, update 5's metrics line must be dropped, nothing is cleaned up.
+    # A subprocess trains CFG and SIGKILLs itself right after logging update 5: the metrics
+    # lines past the last whole checkpoint must be dropped, nothing is cleaned up.
     out = tmp_path / "killed"
     script = (
         "import sys, os, signal, json; sys.path.insert(0, sys.argv[1])\n"
@@ -139,7 +139,10 @@ def test_resume_after_sigkill_reaches_the_same_parameters(reference, tmp_path, c
         capture_output=True, timeout=300, check=False,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
-    assert Checkpointer(out / "checkpoints").latest_step() == 4
+    # Saves run in a background thread: checkpoint 4 may still have been in flight when the
+    # process died, and then checkpoint 2 is the last whole one. Either way resuming from it
+    # must reach the same parameters.
+    assert Checkpointer(out / "checkpoints").latest_step() in (2, 4)
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 5
 
     env = ToyEnv()

@@ -60,12 +60,14 @@ def test_conservation_and_arrived_stay_arrived():
     np.testing.assert_allclose(np.asarray(info["link_counts"]).sum(1), on.sum(1))
     arrived = status == ARRIVED
     assert (np.diff(arrived.astype(int), axis=0) >= 0).all()  # arrived vehicles stay arrived
-    assert (node[arrived] == np.broadcast_to(env.demand.destination, node.shape)[arrived]).all()
+    assert (node[arrived] == np.asarray(states.dest)[arrived]).all()
     assert arrived[-1].mean() > 0.0
     assert np.asarray(done[-1]).all()  # horizon reached
 
 
 def test_lone_vehicle_free_flow_time_on_known_path():
+    # Updated for the continuous-time queue model: the vehicle departs at 30 s and reaches its
+    # destination at exactly 30 + 4 * 20 = 110 s, which falls in the step [110, 120).
     net = grid_network(3, 3, link_length=200.0, speed=10.0)  # 20 s per link, 2 steps of 10 s
     demand = Demand(np.array([0], np.int32), np.array([8], np.int32), np.array([3], np.int32))
     env = TrafficEnv(net, demand, TrafficParams(dt=10.0, horizon=30))
@@ -81,17 +83,19 @@ def test_lone_vehicle_free_flow_time_on_known_path():
         if info["arrived"][0]:
             arrived_step = t + 1
             break
-    assert arrived_step == 3 + 4 * 2  # departs at step 3, four links of two steps each
+    assert arrived_step == 3 + 4 * 2 + 1  # arrives at 110 s, in the step that starts there
+    assert float(state.arrive_time[0]) == pytest.approx(110.0)
     assert float(state.travel_time[0]) == pytest.approx(4 * 20.0)
     assert float(state.travel_time[0]) == pytest.approx(net.tt[0, 8])
     assert decisions == 4
 
 
 def test_bpr_slowdown_matches_law():
+    # The original step-rounded BPR model, kept selectable as link_model="step".
     net = grid_network(1, 2, link_length=200.0, speed=10.0, capacity_per_lane_km=20.0)  # c = 4
     n = 10
     demand = Demand(np.zeros(n, np.int32), np.ones(n, np.int32), np.zeros(n, np.int32))
-    p = TrafficParams(dt=10.0, horizon=40)
+    p = TrafficParams(dt=10.0, horizon=40, link_model="step")
     env = TrafficEnv(net, demand, p)
     _, state = env.reset(jax.random.PRNGKey(0))
     for _ in range(40):
@@ -115,12 +119,13 @@ def test_masks_never_allow_missing_links():
         s = jax.tree_util.tree_map(lambda x: x[t], states)
         avail = np.asarray(env.avail_actions(s))
         links = net.out_links[np.asarray(s.node)]
-        deciding = np.asarray(s.status) == AT_NODE
+        deciding = np.asarray(s.status) != ARRIVED
         assert (links[deciding][avail[deciding]] >= 0).all()
         assert avail.any(1).all()
-    # every taken decision entered a link leaving the vehicle's node
+    # every taken decision entered a link leaving the vehicle's decision node
     dec = np.asarray(info["decision"])
-    prev_node = np.concatenate([env.demand.origin[None], np.asarray(states.node)[:-1]])
+    _, s0 = env.reset(jax.random.PRNGKey(0))
+    prev_node = np.concatenate([np.asarray(s0.node)[None], np.asarray(states.node)[:-1]])
     a = np.asarray(actions)
     chosen = net.out_links[prev_node, a]
     assert (chosen[dec] >= 0).all()
@@ -163,7 +168,7 @@ def test_ten_thousand_vehicles_construct_and_step():
 def test_team_reward_mixes_mean():
     base = leed_jax.make_env("traffic-grid")
     team = leed_jax.make_env("traffic-grid", team_reward=1.0)
-    _, s = base.reset(None)
+    _, s = base.reset(jax.random.PRNGKey(0))
     a = jnp.zeros(50, jnp.int32)
     r_team = team.step(None, s, a)[2]
     r_base = base.step(None, s, a)[2]

@@ -60,7 +60,14 @@ class TrainConfig:
     # -- PPO ------------------------------------------------------------------------------
     lr: float = _f(3e-4, "Adam learning rate", check=">0")
     anneal_lr: bool = _f(False, "decay the learning rate linearly to 0")
-    gamma: float = _f(0.99, "discount per env step", check="0..1")
+    gamma: float = _f(
+        0.99, "discount per gamma_seconds of simulated time (per step for envs without a clock)",
+        check="0..1",
+    )
+    gamma_seconds: float = _f(
+        10.0, "seconds that gamma discounts over: each step discounts gamma**(dt/gamma_seconds)",
+        check=">0",
+    )
     gae_lambda: float = _f(0.95, "GAE lambda", check="0..1")
     clip_eps: float = _f(0.2, "PPO clip range", check=">0")
     ent_coef: float = _f(0.01, "entropy bonus coefficient", check=">=0")

@@ -210,33 +210,49 @@ def to_host(tree):
     return jax.tree_util.tree_map(one, tree)
 
 
-def sync(name: str) -> None:
-    """Wait until every process gets here (no-op on one process)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+# Host-side coordination (barriers, a text from process 0, a vote) goes through the
+# coordination service's key-value store, not through device collectives: gloo gives up when
+# the processes reach a collective more than 30 s apart (its rendezvous timeout), and process
+# 0 may spend minutes alone first (generating demonstrations, writing a checkpoint) while the
+# others wait. Every process makes the same calls in the same order, so a counter names them.
+SYNC_TIMEOUT_S = float(os.environ.get("LEED_SYNC_TIMEOUT_S", 24 * 3600))
+_calls = iter(range(1 << 62))
 
-        multihost_utils.sync_global_devices(name)
+
+def _client():
+    from jax._src import distributed
+
+    return distributed.global_state.client
+
+
+def _key(name: str) -> str:
+    return f"leed_jax/{next(_calls)}/{name}"
+
+
+def sync(name: str) -> None:
+    """Wait until every process gets here (no-op on one process); waits up to
+    ``LEED_SYNC_TIMEOUT_S`` (default a day) for the slowest."""
+    if jax.process_count() > 1:
+        _client().wait_at_barrier(_key(name), int(SYNC_TIMEOUT_S * 1000))
 
 
 def broadcast_text(text: str) -> str:
     """Process 0's ``text`` on every process (e.g. a run directory named by its clock)."""
     if jax.process_count() == 1:
         return text
-    from jax.experimental import multihost_utils
-
-    data = text.encode()
-    size = int(multihost_utils.broadcast_one_to_all(np.int32(len(data))))
-    buf = np.zeros(max(size, 1), np.uint8)
+    key, client = _key("text"), _client()
     if jax.process_index() == 0:
-        buf[:size] = np.frombuffer(data, np.uint8)
-    buf = np.asarray(multihost_utils.broadcast_one_to_all(buf))
-    return bytes(buf[:size]).decode()
+        client.key_value_set(key, text)
+        return text
+    return client.blocking_key_value_get(key, int(SYNC_TIMEOUT_S * 1000))
 
 
 def all_processes_ok(ok: bool) -> bool:
     """Whether ``ok`` holds on every process (each passes its own)."""
     if jax.process_count() == 1:
         return ok
-    from jax.experimental import multihost_utils
-
-    return bool(np.all(multihost_utils.process_allgather(np.asarray([ok]))))
+    key, client = _key("vote"), _client()
+    client.key_value_set(f"{key}/{jax.process_index()}", "1" if ok else "0")
+    votes = [client.blocking_key_value_get(f"{key}/{i}", int(SYNC_TIMEOUT_S * 1000))
+             for i in range(jax.process_count())]
+    return all(v == "1" for v in votes)

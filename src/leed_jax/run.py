@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distributed", action="store_true",
                    help="join a multi-host run first (jax.distributed.initialize; see "
                         "leed_jax.parallel)")
+    p.add_argument("--export-sumo", metavar="DIR", dest="export_sumo", default=argparse.SUPPRESS,
+                   help="after the evaluation, write one greedy episode (network, routes, "
+                        ".sumocfg) to DIR for SUMO (traffic scenarios; see leed_jax.envs.sumo_io)")
     for f in dataclasses.fields(TrainConfig):
         base, _ = _field_type(f)
         flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
@@ -74,6 +77,7 @@ def resolve_config(argv: list[str] | None) -> tuple[TrainConfig, pathlib.Path | 
         initialize_distributed()
     config_file = args.pop("config", None)
     resume = args.pop("resume", None)
+    args.pop("export_sumo", None)  # read by main(), not a TrainConfig field
     if resume:
         resume_dir = pathlib.Path(resume)
         if not (resume_dir / "config.toml").is_file():
@@ -160,7 +164,7 @@ def _demo_row(demo_path: pathlib.Path, demos, metric_names: list[str]) -> dict:
     return row
 
 
-def run(config: TrainConfig, resume_dir: pathlib.Path | None) -> int:
+def run(config: TrainConfig, resume_dir: pathlib.Path | None, export_dir: str | None = None) -> int:
     from leed_jax.envs.registry import make_env
     from leed_jax.io.plots import plot_learning_curves
     from leed_jax.io.rundir import RunDir, check_writable, lock_run_dir
@@ -168,6 +172,15 @@ def run(config: TrainConfig, resume_dir: pathlib.Path | None) -> int:
     from leed_jax.po.trainer import _mesh, load_demo_buffer, resolve_demos, train
 
     check_writable(config.out)
+    if export_dir:  # checked before anything is built or trained
+        from leed_jax.envs import sumo_io
+        from leed_jax.envs.registry import load_scenario
+
+        scenario = load_scenario(config.scenario)
+        if scenario.family != "traffic":
+            raise UsageError(f"--export-sumo needs a traffic scenario; {config.scenario!r} is {scenario.family}")
+        if scenario.tables["network"].get("kind", "grid") != "sumo" and not sumo_io.has_sumo():
+            raise UsageError("--export-sumo needs SUMO's netconvert for this network: pip install 'leed_jax[sumo]'")
     env = make_env(config.scenario, num_agents=config.num_agents)
     # A given buffer and the mesh are checked before anything is written.
     demos = load_demo_buffer(config.demos, env) if config.demos else None
@@ -209,12 +222,19 @@ def run(config: TrainConfig, resume_dir: pathlib.Path | None) -> int:
         plot_learning_curves(histories, RunDir(out).plot_path, title=f"{env.name}, N={env.spec.num_agents}",
                              references=references)
     print_table(rows, metric_names)
+    if export_dir:
+        from leed_jax.envs.sumo_io import export_trained_policy
+
+        files, episode = export_trained_policy(env, result, export_dir)
+        _say(f"one greedy episode for SUMO ({int(episode.arrived.sum())}/{episode.num_vehicles} arrived "
+             f"in the env): sumo -c {files['config']}")
     _say(f"results in {out} (summary.json, metrics.jsonl, learning_curve.png)")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     from leed_jax.envs.base import ScenarioError
+    from leed_jax.envs.sumo_io import SumoError
     from leed_jax.po.trainer import DemoMismatchError, TrainingError
 
     bad_input = (UsageError, ConfigError, ScenarioError, DemoMismatchError, FileNotFoundError)
@@ -236,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config, resume_dir = resolve_config(argv)
         out = config.out or out
-        return run(config, resume_dir)
+        export_dir = build_parser().parse_known_args(argv)[0].__dict__.get("export_sumo")
+        return run(config, resume_dir, export_dir)
     except bad_input as err:
         if os.environ.get("LEED_DEBUG"):
             raise
@@ -244,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except TrainingError as err:
         _error(f"{PROG}: {err}")
+        return 1
+    except SumoError as err:  # training and its results are already saved
+        _say(f"{PROG}: --export-sumo failed: {err}")
         return 1
     except KeyboardInterrupt:
         _error(f"{PROG}: interrupted; continue with --resume {out}")

@@ -182,7 +182,7 @@ def plot_scaling(rows: list[dict], path: pathlib.Path) -> None:
 
     panels = [
         ("final_return", "final return (per agent)"),
-        ("mean_travel_time", "mean travel time (s)"),
+        ("mean_travel_time", "mean travel time, all vehicles (s)"),
         ("agent_steps_per_s", "training agent-steps/s"),
     ]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))

@@ -37,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
         "planner, executed in the env and saved as a demo buffer.",
     )
     p.add_argument("--scenario", required=True, help="bundled scenario name or TOML path")
+    p.add_argument("--planner", choices=("equilibrium", "optimum", "incremental"),
+                   default="equilibrium",
+                   help="traffic planner: simulated dynamic user equilibrium (default), system "
+                        "optimum (marginal costs), or the old incremental assignment")
     p.add_argument("--source", choices=("auto", "planner", "llm"), default="auto",
                    help="auto: the LLM if a model is set (--model or LEED_LLM_MODEL), "
                         "else the planner")
@@ -184,7 +188,8 @@ def _main(parser: argparse.ArgumentParser, args) -> int:
         from leed_jax.dg.generate import DemoConfig, run_dg
 
         cfg = DemoConfig(
-            scenario=args.scenario, out=args.out, source=args.source, model=args.model,
+            scenario=args.scenario, out=args.out, source=args.source, planner=args.planner,
+            model=args.model,
             api_base=args.api_base, rounds=args.rounds, seed=args.seed,
             episodes=args.episodes, overrides=overrides,
             agents_per_request=args.agents_per_request, timeout=args.timeout,

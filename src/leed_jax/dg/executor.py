@@ -9,7 +9,7 @@ Plans arrive as padded target arrays ``[N, L]`` (each row padded with its last t
 agent keeps a pointer into its row:
 
 * traffic — the row is the full node path after the origin (consecutive nodes adjacent). The
-  pointer moves on when the vehicle stands at its current target; the action is
+  pointer moves on when the vehicle's decision node (the node ahead) is its current target; the action is
   ``env.slot_towards(state, target)``.
 * MPE — the row is a landmark sequence. The pointer moves on when the agent is within
   ``MPE_REACHED`` of its landmark (the last one is held). The action is the discrete force
@@ -50,8 +50,14 @@ Policy = Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 def _traffic_policy(env) -> Policy:
     def policy(state, targets, ptr):
         rows = jnp.arange(targets.shape[0])
-        here = (state.status == _TRAFFIC_AT_NODE) & (state.node == targets[rows, ptr])
-        ptr = jnp.minimum(ptr + here.astype(ptr.dtype), targets.shape[1] - 1)
+        # state.node is the vehicle's decision node (the node ahead while on a link), so the
+        # pointer moves on as soon as the current target is the node it will decide at.
+        # A vehicle may cross several nodes within one step; resynchronise the pointer to
+        # just past the decision node's first occurrence in the rest of the plan.
+        cols = jnp.arange(targets.shape[1])
+        match = (targets == state.node[:, None]) & (cols[None, :] >= ptr[:, None])
+        ptr = jnp.where(match.any(axis=1), jnp.argmax(match, axis=1) + 1, ptr)
+        ptr = jnp.minimum(ptr, targets.shape[1] - 1)
         return env.slot_towards(state, targets[rows, ptr]), ptr
 
     return policy

@@ -49,11 +49,12 @@ class DGFamily(Protocol):
         """The expert's metrics of one executed plan (shown after each round)."""
 
 
-def family_for(env, prompts: PromptSet, obs: Any, state: Any) -> DGFamily:
+def family_for(env, prompts: PromptSet, obs: Any, state: Any, planner: str = "incremental",
+               key: Any = None) -> DGFamily:
     if env.family == "traffic":
         from leed_jax.dg.traffic_family import TrafficDG
 
-        return TrafficDG(env, prompts, state)
+        return TrafficDG(env, prompts, state, planner=planner, key=key)
     if env.family == "mpe":
         from leed_jax.dg.mpe_family import MpeDG
 

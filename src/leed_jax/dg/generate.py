@@ -65,7 +65,7 @@ from leed_jax.dg.validate import Request
 log = logging.getLogger("leed_jax.dg")
 
 PLANNER_LABELS = {
-    "traffic": "planner (classical expert: congestion-aware incremental shortest paths; no LLM)",
+    "traffic": "planner (classical expert: {planner}; no LLM)",
     "mpe": "planner (classical expert: optimal agent-landmark assignment; no LLM)",
 }
 _FINISH_NOTES = {
@@ -97,6 +97,7 @@ class DemoConfig:
     scenario: str
     out: Path
     source: str = "auto"
+    planner: str = "equilibrium"  # traffic: equilibrium | optimum | incremental (dg/equilibrium.py)
     model: str | None = None
     api_base: str | None = None
     rounds: int = 1
@@ -138,6 +139,9 @@ class DemoConfig:
                 raise DGError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.timeout is not None and not (self.timeout > 0 and math.isfinite(self.timeout)):
             raise DGError(f"timeout must be a positive number of seconds, got {self.timeout}")
+        if self.planner not in ("equilibrium", "optimum", "incremental"):
+            raise DGError(f"planner {self.planner!r} is not one of equilibrium, optimum, "
+                          "incremental")
         if self.granularity not in GRANULARITIES:
             raise DGError(f"granularity {self.granularity!r} is not one of "
                           f"{', '.join(GRANULARITIES)}")
@@ -229,14 +233,17 @@ def _mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
-# Episodes recorded when DemoConfig.episodes is None. A traffic scenario's demand is fixed, so
-# one episode covers it; MPE starts every episode at random positions, and demonstrations of a
-# single start teach a policy nothing about the others.
+# Episodes recorded when DemoConfig.episodes is None. A traffic scenario with fixed demand
+# (``resample = false``) needs one episode; MPE starts, and traffic with resampled demand draws,
+# every episode at random, and demonstrations of one episode teach a policy nothing about the
+# others.
 RANDOM_START_EPISODES = {"planner": 64, "llm": 4}
 
 
 def default_episodes(env, source: str) -> int:
-    return 1 if env.family == "traffic" else RANDOM_START_EPISODES[source]
+    if env.family == "traffic" and not getattr(env, "resample", False):
+        return 1
+    return RANDOM_START_EPISODES[source]
 
 
 def run_dg(cfg: DemoConfig, env=None) -> DGResult:
@@ -270,7 +277,10 @@ def run_dg(cfg: DemoConfig, env=None) -> DGResult:
     for _ in range(cfg.episodes):
         key, k_reset, k_run = jax.random.split(key, 3)
         obs, state = env.reset(k_reset)
-        episodes.append(_Episode(obs, state, k_run, family_for(env, prompts, obs, state)))
+        # The LLM's fallback routes stay the cheap incremental ones.
+        planner = cfg.planner if source == "planner" else "incremental"
+        episodes.append(_Episode(obs, state, k_run,
+                                 family_for(env, prompts, obs, state, planner, k_run)))
 
     round_metrics: list[dict] = []  # the expert's metrics after each round
     round_reports: list[dict] = []  # the DG report summary of each round
@@ -356,7 +366,11 @@ def run_dg(cfg: DemoConfig, env=None) -> DGResult:
                               [ep.rollout.returns for ep in episodes])
     reports = [ep.best_report for ep in episodes]
     summary = summarize(reports)
-    label = PLANNER_LABELS.get(env.family, "planner") if source == "planner" else f"llm ({model})"
+    planner_desc = {"incremental": "congestion-aware incremental shortest paths",
+                    "equilibrium": "simulated dynamic user equilibrium (MSA)",
+                    "optimum": "simulated dynamic system optimum (MSA, marginal costs)"}
+    label = (PLANNER_LABELS.get(env.family, "planner").format(planner=planner_desc[cfg.planner])
+             if source == "planner" else f"llm ({model})")
     spec = env.spec
     meta = {
         "scenario": {"name": env.name, "family": env.family,

@@ -75,12 +75,16 @@ def _tail(path: Path, lines: int = 3) -> str:
 def local_server(model: str = "local", *, n_ctx: int = N_CTX,
                  startup_timeout: float = STARTUP_TIMEOUT) -> Iterator[tuple[str, str]]:
     """Start the server, yield ``(litellm model name, api_base)``, stop it."""
+    # A wrong path is named first: it is the user's to fix whatever is installed.
+    if model.startswith("local:"):
+        path = Path(model.split(":", 1)[1])
+        if not path.is_file():
+            raise DGError(f"--model {model}: no GGUF file at {path}")
     if importlib.util.find_spec("llama_cpp") is None:
         raise DGError("--model local needs llama-cpp-python's server: pip install -e "
                       "\".[local-llm]\" (it compiles llama.cpp, a few minutes)")
-    path = Path(model.split(":", 1)[1]) if model.startswith("local:") else bundled_gguf()
-    if not path.is_file():
-        raise DGError(f"--model {model}: no GGUF file at {path}")
+    if not model.startswith("local:"):
+        path = bundled_gguf()
     port = _free_port()
     url = f"http://127.0.0.1:{port}/v1"
     log = Path(tempfile.mkstemp(prefix="leed-llama-server-", suffix=".log")[1])

@@ -30,21 +30,35 @@ STOP = ("END",)
 class TrafficDG:
     target_kind = "Intersection"
 
-    def __init__(self, env, prompts: PromptSet, state=None):
+    def __init__(self, env, prompts: PromptSet, state=None, planner: str = "incremental",
+                 key=None):
         self.env = env
+        self.planner = planner  # "incremental" | "equilibrium" | "optimum"
+        self._state, self._key = state, key
         self.prompts = prompts
         self.graph = RouteGraph.from_network(env.network)
-        self.origin = np.asarray(env.demand.origin)
-        self.destination = np.asarray(env.demand.destination)
-        self.departure = np.asarray(env.demand.departure)
+        # The episode's own vehicles (the env may draw a new demand per episode).
+        src = state if state is not None and hasattr(state, "dest") else None
+        self.origin = np.asarray(src.origin if src is not None else env.demand.origin)
+        self.destination = np.asarray(src.dest if src is not None else env.demand.destination)
+        self.departure = np.asarray(src.depart if src is not None else env.demand.departure)
         self.num_agents = int(self.origin.shape[0])
 
     # ---------------------------------------------------------------- planner
     @cached_property
     def planner_paths(self) -> list[list[int]]:
         p = self.env.params
-        return traffic_routes(self.graph, self.origin, self.destination, self.departure,
-                              dt=p.dt, alpha=p.alpha, beta=p.beta)
+        inc = traffic_routes(self.graph, self.origin, self.destination, self.departure,
+                             dt=p.dt, alpha=p.alpha, beta=p.beta)
+        if self.planner == "incremental":
+            return inc
+        from leed_jax.dg.equilibrium import EquilibriumConfig, plan_routes
+
+        # Warm start from the incremental routes; the best simulated plan is kept, so the
+        # result is never worse than them on this episode.
+        state = self._state if self._state is not None and hasattr(self._state, "dest") else None
+        return plan_routes(self.env, key=self._key, state=state,
+                           config=EquilibriumConfig(objective=self.planner), initial=inc).paths
 
     def planner_text(self) -> str:
         return routes_to_text(self.planner_paths)

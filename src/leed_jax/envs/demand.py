@@ -25,6 +25,57 @@ class Demand:
         return len(self.origin)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class RandomDemandModel:
+    """The scenario's random demand model: destinations uniform over ``pool`` (all nodes, or
+    ``hotspots`` fixed nodes drawn once from the scenario seed), origins uniform over the nodes
+    that can reach the destination (never the destination itself), departures uniform over
+    steps ``[0, departure_window)``. :meth:`draw` is the host (numpy) draw of one episode;
+    the env's ``reset`` draws episodes from the same law inside ``jit`` (see :meth:`tables`).
+    """
+
+    num_agents: int
+    departure_window: int
+    pool: np.ndarray  # [P] destination nodes
+    origins: np.ndarray  # [P, V] valid origins of each pool node, padded with the first one
+    origin_count: np.ndarray  # [P] how many valid origins each pool node has
+
+    @classmethod
+    def build(cls, net: RoadNetwork, num_agents: int, departure_window: int, seed: int = 0,
+              hotspots: int = 0) -> RandomDemandModel:
+        if num_agents <= 0:
+            raise ScenarioError(f"num_agents must be positive, got {num_agents}")
+        if departure_window <= 0:
+            raise ScenarioError(f"departure_window must be positive, got {departure_window}")
+        v = net.num_nodes
+        rng = np.random.default_rng(seed)
+        pool = np.arange(v) if hotspots <= 0 else np.sort(rng.choice(v, size=min(hotspots, v), replace=False))
+        ok = np.isfinite(net.tt[:, pool]).T & (np.arange(v)[None, :] != pool[:, None])  # [P, V]
+        if not ok.any(axis=1).all():
+            keep = ok.any(axis=1)
+            if not keep.any():
+                raise ScenarioError(f"network {net.name!r}: no node can reach any destination of the demand")
+            pool, ok = pool[keep], ok[keep]
+        count = ok.sum(1)
+        origins = np.zeros(ok.shape, np.int32)
+        for j, row in enumerate(ok):
+            idx = np.flatnonzero(row)
+            origins[j, : len(idx)] = idx
+            origins[j, len(idx):] = idx[0]
+        return cls(int(num_agents), int(departure_window), pool.astype(np.int32), origins, count.astype(np.int32))
+
+    def draw(self, seed: int) -> Demand:
+        """One episode's vehicles (numpy), numbered by departure."""
+        rng = np.random.default_rng(seed)
+        n = self.num_agents
+        j = rng.integers(0, len(self.pool), n)
+        origin = self.origins[j, (rng.random(n) * self.origin_count[j]).astype(np.int64)]
+        departure = rng.integers(0, self.departure_window, n)
+        order = np.argsort(departure, kind="stable")
+        return Demand(origin[order].astype(np.int32), self.pool[j][order].astype(np.int32),
+                      departure[order].astype(np.int32))
+
+
 def random_demand(
     net: RoadNetwork,
     num_agents: int,
@@ -34,28 +85,9 @@ def random_demand(
 ) -> Demand:
     """Uniform random origin–destination pairs (never unreachable, never origin == destination),
     departures uniform over ``[0, departure_window)``. With ``hotspots > 0`` destinations are
-    drawn from that many fixed nodes, which concentrates traffic and creates congestion."""
-    if num_agents <= 0:
-        raise ScenarioError(f"num_agents must be positive, got {num_agents}")
-    if departure_window <= 0:
-        raise ScenarioError(f"departure_window must be positive, got {departure_window}")
-    rng = np.random.default_rng(seed)
-    v = net.num_nodes
-    dest_pool = np.arange(v) if hotspots <= 0 else rng.choice(v, size=min(hotspots, v), replace=False)
-    origin = rng.integers(0, v, num_agents)
-    dest = dest_pool[rng.integers(0, len(dest_pool), num_agents)]
-    # Redraw the few pairs that are degenerate or unreachable; a bounded loop, then a clear error.
-    for _ in range(100):
-        bad = (origin == dest) | ~np.isfinite(net.tt[origin, dest])
-        if not bad.any():
-            break
-        origin[bad] = rng.integers(0, v, int(bad.sum()))
-        dest[bad] = dest_pool[rng.integers(0, len(dest_pool), int(bad.sum()))]
-    else:
-        raise ScenarioError(f"network {net.name!r}: could not draw reachable origin-destination pairs")
-    departure = rng.integers(0, departure_window, num_agents)
-    order = np.argsort(departure, kind="stable")  # agents numbered by departure: easier to read
-    return Demand(origin[order].astype(np.int32), dest[order].astype(np.int32), departure[order].astype(np.int32))
+    drawn from that many fixed nodes, which concentrates traffic and creates congestion.
+    (One draw of :class:`RandomDemandModel` with the same seed.)"""
+    return RandomDemandModel.build(net, num_agents, departure_window, seed, hotspots).draw(seed)
 
 
 def read_demand(net: RoadNetwork, path: str | Path) -> Demand:

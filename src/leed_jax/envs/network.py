@@ -38,6 +38,14 @@ class RoadNetwork:
         between (default: every out-link of a link's head node). Derived: turn_allowed [E, K]
         bool, ``turn_allowed[e, k]`` = a vehicle arriving on ``e`` may take slot ``k`` of
         ``out_links[link_dst[e]]``.
+
+    Turn-aware routing tables (derived, free flow, respecting ``connections``):
+        link_tt [E, V] s from the end of link e to node v (0 where e ends at v, inf where v
+        cannot be reached from e); link_next [E, V] the out-link a vehicle at the end of e
+        takes on a fastest path to v (-1 at v or unreachable); ``tt`` [V, V] is the fastest
+        time from departing at u to v under the same turn rules (equal to the plain graph's
+        shortest time when every turn is allowed). ``next_hop`` is the plain graph's next node
+        (a routing hint; under turn restrictions the env's masks are authoritative).
     """
 
     name: str
@@ -60,6 +68,8 @@ class RoadNetwork:
     tt: np.ndarray = dataclasses.field(init=False)
     next_hop: np.ndarray = dataclasses.field(init=False)
     turn_allowed: np.ndarray = dataclasses.field(init=False)
+    link_tt: np.ndarray = dataclasses.field(init=False)
+    link_next: np.ndarray = dataclasses.field(init=False)
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)
@@ -91,9 +101,12 @@ class RoadNetwork:
             fill[u] += 1
         set_("out_links", out)
         self._fill_optional(set_)
-        tt, nh = _all_pairs(v, self.link_src, self.link_dst, self.link_tfree)
-        set_("tt", tt)
+        _, nh = _all_pairs(v, self.link_src, self.link_dst, self.link_tfree)
+        link_tt, link_next, od_tt = _turn_aware_times(self)
+        set_("tt", od_tt)
         set_("next_hop", nh)
+        set_("link_tt", link_tt)
+        set_("link_next", link_next)
 
     def _fill_optional(self, set_) -> None:
         """Defaults and checks for the optional per-link data (see the class docstring)."""
@@ -158,20 +171,27 @@ class RoadNetwork:
         return self.out_links.shape[1]
 
     def largest_strong_component(self) -> RoadNetwork:
-        """The sub-network on the largest strongly connected set of nodes (every pair reachable)."""
+        """The sub-network on the largest strongly connected set of *links*, where link e
+        leads to link f when a vehicle may turn from e into f (``connections``). Every kept
+        link can then reach every other kept link under the turn rules, so a vehicle departing
+        from any kept node can reach any kept node: nobody is trapped by a turn restriction.
+        (Without restrictions this is the usual strongly connected set of nodes.)"""
         from scipy.sparse import csr_matrix
         from scipy.sparse.csgraph import connected_components
 
-        v = self.num_nodes
-        adj = csr_matrix((np.ones(self.num_links), (self.link_src, self.link_dst)), shape=(v, v))
+        e = self.num_links
+        conn = self.connections
+        adj = csr_matrix((np.ones(len(conn)), (conn[:, 0], conn[:, 1])), shape=(e, e))
         _, labels = connected_components(adj, directed=True, connection="strong")
-        keep_label = np.bincount(labels).argmax()
-        keep = labels == keep_label
-        if keep.all():
+        lk = labels == np.bincount(labels).argmax()
+        if lk.all():
             return self
+        v = self.num_nodes
+        keep = np.zeros(v, bool)
+        keep[self.link_src[lk]] = True
+        keep[self.link_dst[lk]] = True
         new_id = -np.ones(v, np.int64)
         new_id[keep] = np.arange(keep.sum())
-        lk = keep[self.link_src] & keep[self.link_dst]
         return RoadNetwork(
             name=self.name,
             node_xy=self.node_xy[keep],
@@ -221,6 +241,60 @@ def _all_pairs(v, src, dst, cost):
     return tt, next_hop
 
 
+def _turn_aware_times(net: RoadNetwork) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Free-flow shortest times on the link graph (link e -> link f where the turn e->f is
+    allowed, cost t_free[f]): ``link_tt`` [E, V], ``link_next`` [E, V] and the node-to-node
+    ``tt`` [V, V] (see the RoadNetwork docstring). Dijkstra from every link, O(E · C log E)."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import shortest_path
+
+    e, v = net.num_links, net.num_nodes
+    conn = net.connections
+    tf = net.link_tfree
+    # dist[a, b]: time from the end of link a to the end of link b (0 on the diagonal).
+    if len(conn):
+        g = csr_matrix((tf[conn[:, 1]], (conn[:, 0], conn[:, 1])), shape=(e, e))
+        dist = shortest_path(g, method="D", directed=True)
+    else:
+        dist = np.full((e, e), np.inf)
+        np.fill_diagonal(dist, 0.0)
+    # link_tt[a, w] = min over links b ending at w of dist[a, b]: a column-group minimum.
+    order = np.argsort(net.link_dst, kind="stable")
+    heads = net.link_dst[order]
+    starts = np.flatnonzero(np.r_[True, heads[1:] != heads[:-1]])
+    link_tt = np.full((e, v), np.inf)
+    link_tt[:, heads[starts]] = np.minimum.reduceat(dist[:, order], starts, axis=1)
+    link_tt[np.arange(e), net.link_dst] = 0.0
+    # The next link: the allowed out-link f minimising t_free[f] + link_tt[f, w].
+    out = net.out_links[net.link_dst]  # [E, K]
+    f = np.maximum(out, 0)
+    via = np.where((net.turn_allowed & (out >= 0))[:, :, None], tf[f][:, :, None] + link_tt[f], np.inf)
+    best = via.argmin(axis=1)  # [E, V]
+    link_next = np.take_along_axis(out, best, axis=1).astype(np.int32)
+    reach = np.isfinite(link_tt)
+    link_next[~reach | (link_tt == 0.0)] = -1
+    # Departing from node u: any out-link of u, then on from its end.
+    od = np.full((v, v), np.inf)
+    for k in range(net.out_links.shape[1]):
+        lk = net.out_links[:, k]
+        has = lk >= 0
+        od[has] = np.minimum(od[has], tf[lk[has]][:, None] + link_tt[lk[has]])
+    np.fill_diagonal(od, 0.0)
+    return link_tt, link_next, od
+
+
+def _flow(lanes, per_lane_h):
+    if per_lane_h <= 0:
+        raise ScenarioError(f"flow_per_lane must be positive, got {per_lane_h}")
+    return np.asarray(lanes, np.float64) * float(per_lane_h)
+
+
+def _storage(length_m, lanes, jam_spacing):
+    if jam_spacing <= 0:
+        raise ScenarioError(f"jam_spacing must be positive, got {jam_spacing}")
+    return np.maximum(np.asarray(length_m) * np.asarray(lanes) / float(jam_spacing), 1.0)
+
+
 def _capacity(length_m, lanes, per_lane_km):
     return np.maximum(np.asarray(lanes) * np.asarray(length_m) / 1000.0 * per_lane_km, 1.0)
 
@@ -232,10 +306,15 @@ def grid_network(
     speed: float = 10.0,
     lanes: float = 1.0,
     capacity_per_lane_km: float = 20.0,
+    flow_per_lane: float = 1800.0,
+    jam_spacing: float = 7.5,
 ) -> RoadNetwork:
     """A rows × cols grid of intersections with two-way streets between 4-neighbours.
 
-    Node ``r * cols + c`` sits at ``(c * link_length, r * link_length)``.
+    Node ``r * cols + c`` sits at ``(c * link_length, r * link_length)``. ``flow_per_lane``
+    (veh/h per lane) sets the links' flow capacity and ``jam_spacing`` (m per vehicle at jam)
+    their storage for the queue model; ``capacity_per_lane_km`` is the BPR models' occupancy
+    capacity.
     """
     if rows < 1 or cols < 1 or rows * cols < 2:
         raise ScenarioError(f"grid network needs at least 2 nodes, got rows={rows}, cols={cols}")
@@ -262,6 +341,8 @@ def grid_network(
         link_speed=np.full(e, float(speed)),
         link_lanes=lanes_arr,
         link_capacity=_capacity(length, lanes_arr, capacity_per_lane_km),
+        link_flow_capacity=_flow(lanes_arr, flow_per_lane),
+        link_storage=_storage(length, lanes_arr, jam_spacing),
     )
 
 
@@ -281,14 +362,21 @@ def read_tntp(
     return tn.net
 
 
-def read_sumo(path: str | Path, capacity_per_lane_km: float = 20.0, vclass: str = "passenger") -> RoadNetwork:
+def read_sumo(
+    path: str | Path,
+    capacity_per_lane_km: float = 20.0,
+    vclass: str = "passenger",
+    flow_per_lane: float = 1800.0,
+    jam_spacing: float = 7.5,
+) -> RoadNetwork:
     """Read a SUMO ``.net.xml`` (or ``.net.xml.gz``) with sumolib (extra ``leed_jax[sumo]``).
 
     Junctions become nodes, non-internal edges that allow ``vclass`` become links (``link_ids``
     keeps SUMO's edge ids), lane connections between them become ``connections`` (turn
-    restrictions), and the network is cut to its largest strongly connected component so that
-    every origin can reach every destination. (The cut is on nodes; a vehicle's reachable set
-    under turn restrictions is the env's concern.)
+    restrictions), and the network is cut to its largest strongly connected set of links under
+    those turns (:meth:`RoadNetwork.largest_strong_component`), so that every origin can reach
+    every destination. Flow capacity is ``lanes · flow_per_lane`` veh/h, storage
+    ``length · lanes / jam_spacing`` vehicles (at least 1).
     """
     path = Path(path)
     if not path.is_file():
@@ -335,6 +423,8 @@ def read_sumo(path: str | Path, capacity_per_lane_km: float = 20.0, vclass: str 
         link_speed=np.array([max(e.getSpeed(), 1.0) for e in edges]),
         link_lanes=lanes,
         link_capacity=_capacity(length, lanes, capacity_per_lane_km),
+        link_flow_capacity=_flow(lanes, flow_per_lane),
+        link_storage=_storage(length, lanes, jam_spacing),
         link_ids=[e.getID() for e in edges],
         connections=np.array(conn, np.int32).reshape(-1, 2),
     )

@@ -2,7 +2,8 @@
 
 A scenario is a TOML file with ``name``, ``family`` ("traffic", "mpe", "smax", ...),
 ``description``, ``prompt`` (the prompt-template set in ``prompts/``) and family tables:
-traffic has ``[network]``, ``[demand]`` and ``[env]``; JaxMARL envs have ``[jaxmarl]``.
+traffic has ``[network]``, ``[demand]`` (``resample``: draw each episode's vehicles anew,
+default true for random demand) and ``[env]``; JaxMARL envs have ``[jaxmarl]``.
 Overrides are flat keywords matched against the keys of those tables
 (``make_env("traffic-grid", num_agents=1000, horizon=80)``); ``num_agents`` works for every
 scenario.
@@ -136,15 +137,20 @@ def _build_traffic(sc: Scenario):
     except TypeError as exc:
         raise ScenarioError(f"{sc.path}: [network] {exc}") from None
     dkind = dem_t.get("kind", "random")
+    model = None
+    resample = bool(dem_t.get("resample", dkind == "random"))
     if dkind == "random":
-        d = dem.random_demand(
+        model = dem.RandomDemandModel.build(
             net,
             int(dem_t.get("num_agents", 50)),
             int(dem_t.get("departure_window", 20)),
             seed=int(dem_t.get("seed", 0)),
             hotspots=int(dem_t.get("hotspots", 0)),
         )
+        d = model.draw(int(dem_t.get("seed", 0)))
     elif dkind == "file":
+        if resample:
+            raise ScenarioError(f"{sc.path}: [demand] resample = true needs kind = \"random\"")
         d = dem.read_demand(net, _data_path(dem_t.get("file"), sc.path))
         if "num_agents" in dem_t and int(dem_t["num_agents"]) != d.num_agents:
             n = int(dem_t["num_agents"])
@@ -163,7 +169,7 @@ def _build_traffic(sc: Scenario):
         params = TrafficParams(**env_t)
     except TypeError as exc:
         raise ScenarioError(f"{sc.path}: [env] {exc}") from None
-    return TrafficEnv(net, d, params, name=sc.name)
+    return TrafficEnv(net, d, params, name=sc.name, demand_model=model, resample=resample)
 
 
 def _resolve(name_or_path) -> Path:

@@ -4,14 +4,16 @@ The state is saved as the flat list of its leaves (plus a small JSON record); re
 a state of the same structure (a freshly initialised one, already placed on the run's
 devices), whose tree definition puts the leaves back and whose shardings say where each shard
 goes. That keeps the files independent of how the state's containers (NamedTuples, optax
-states, env states) are spelled. Saves are synchronous and atomic (orbax writes to a
-temporary directory and renames it), so a run killed at any moment — SIGKILL included —
-leaves only whole checkpoints behind.
+states, env states) are spelled. In one process a save copies the state to host memory and
+writes it in a background thread (one at a time), so training goes on meanwhile. Saves are
+atomic (orbax writes to a temporary directory and renames it), so a run killed at any
+moment — SIGKILL included — leaves only whole checkpoints behind.
 
 Multi-process runs: every process calls ``save`` and ``restore`` with its sharded
 ``jax.Array``s; orbax writes each shard once (from the process that holds it), process 0
-commits, and on restore every process reads the shards of its own devices. The run
-directory must be on a file system all processes see.
+commits, and on restore every process reads the shards of its own devices. Such saves are
+synchronous (no process holds the whole state to copy, and orbax's cross-process barriers
+belong in the main thread). The run directory must be on a file system all processes see.
 
 A checkpoint that does not restore (a truncated data file, an empty ``_METADATA``, a missing
 ``state/``) is skipped: ``restore`` falls back to the newest one that does, moves the damaged
@@ -24,9 +26,11 @@ import contextlib
 import logging
 import pathlib
 import shutil
+import threading
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -74,23 +78,57 @@ class Checkpointer:
             self._manager = ocp.CheckpointManager(
                 self.directory, options=options, item_names=("state", "meta")
             )
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def latest_step(self) -> int | None:
+        self.wait()
         steps = checkpoint_steps(self.directory)
         return steps[-1] if steps else None
 
-    def save(self, step: int, state: Any, meta: dict) -> None:
-        """Save ``state``'s leaves as they are (sharded ``jax.Array``s included)."""
-        leaves = jax.tree_util.tree_leaves(state)
-        with _quiet_absl():
-            self._manager.save(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(leaves), meta=ocp.args.JsonSave(meta)
-                ),
-                force=True,
-            )
-            self._manager.wait_until_finished()
+    def save(self, step: int, state: Any, meta: dict, wait: bool = False) -> None:
+        """Save ``state``'s leaves. One process: copy them to host memory now and write them in
+        a background thread, so training goes on while the files are written (one save in
+        flight at a time: the next save, ``latest_step``, ``restore`` and ``close`` wait for
+        it); ``wait``: return only once the checkpoint is on disk. Several processes: every
+        process saves its shards of the sharded ``jax.Array``s, synchronously."""
+        self.wait()
+        if jax.process_count() > 1:
+            with _quiet_absl():
+                self._save(step, jax.tree_util.tree_leaves(state), meta)
+            return
+        leaves = [np.array(x) for x in jax.tree_util.tree_leaves(jax.device_get(state))]
+
+        def write():
+            try:
+                with _quiet_absl():
+                    self._save(step, leaves, meta)
+            except BaseException as exc:  # noqa: BLE001 -- re-raised in the caller's thread by wait()
+                self._error = exc
+
+        self._thread = threading.Thread(target=write, name="checkpoint-save", daemon=True)
+        self._thread.start()
+        if wait:
+            self.wait()
+
+    def wait(self) -> None:
+        """Block until the save in flight (if any) is on disk; raise its error, if any."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _save(self, step: int, leaves: list, meta: dict) -> None:
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(leaves), meta=ocp.args.JsonSave(meta)
+            ),
+            force=True,
+        )
+        self._manager.wait_until_finished()
 
     def _restore_step(self, step: int, like: Any) -> tuple[Any, dict]:
         leaves, treedef = jax.tree_util.tree_flatten(like)
@@ -116,6 +154,7 @@ class Checkpointer:
         moved to ``damaged-checkpoints/`` and reported through ``say``."""
         from leed_jax.parallel import all_processes_ok, is_writer, sync
 
+        self.wait()
         say = say or (lambda msg: None)
         steps = checkpoint_steps(self.directory)
         if not steps:
@@ -152,7 +191,10 @@ class Checkpointer:
         self._manager.reload()
 
     def close(self) -> None:
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
 
 
 def has_checkpoint(run_dir: str | pathlib.Path) -> bool:
@@ -164,8 +206,6 @@ def load_leaves(directory: str | pathlib.Path, step: int | None = None) -> list:
     """The state leaves of checkpoint ``step`` (default: the latest) as host numpy arrays,
     on any device layout: a checkpoint written by a multi-process, sharded run reads back in
     one process (to inspect or compare parameters)."""
-    import numpy as np
-
     directory = pathlib.Path(directory)
     step = (checkpoint_steps(directory) or [None])[-1] if step is None else step
     if step is None:

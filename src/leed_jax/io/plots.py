@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-PANELS = (("return", "episodic return (mean per agent)"), ("mean_travel_time", "mean travel time (s)"))
+PANELS = (("return", "episodic return (mean per agent)"), ("mean_travel_time", "mean travel time, all vehicles (s)"))
 
 
 def plot_learning_curves(

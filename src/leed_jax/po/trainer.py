@@ -138,6 +138,7 @@ class Trainer:
     centralised: bool
     use_ppo: bool
     use_expert: bool
+    full_demos: bool = False  # the expert loss uses the whole demo buffer (see sample_demo)
 
     @property
     def num_agents(self) -> int:
@@ -191,19 +192,26 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ update
-    def update(self, state: TrainState, demos=None) -> tuple[TrainState, dict]:
-        """One PPO(+expert) update: rollout, GAE, ``update_epochs`` x ``num_minibatches``
-        minibatch steps. ``demos``: the ``DemoBuffer`` (needed by leed and bc)."""
+    def collect(self, state: TrainState):
+        """Rollout of the current policy -> ``(carry, rollout, last_value [E, N])``."""
         c = self.config
-        rng, k_roll, k_epochs = jax.random.split(state.rng, 3)
+        _, k_roll, _ = jax.random.split(state.rng, 3)
         carry, ro = rollout(
             self.env, self.policy, state.params, state.env, k_roll, c.num_steps,
             centralised=self.centralised,
         )
         last_gs = jax.vmap(self.env.global_state)(carry.state) if self.centralised else None
         last_value = self.policy.value(state.params, critic_input(carry.obs, last_gs))
+        return carry, ro, last_value
+
+    def batch(self, state: TrainState, ro, last_value, demos=None):
+        """GAE, the adaptive schedule's return EMA and the expert weights -> ``(data,
+        weight [N], return_ema [N], return_seen [N])``, data flattened to ``[S, N, ...]``."""
+        c = self.config
         tr = ro.transition
-        advantage, target = gae(tr.reward, ro.value, tr.done, last_value, c.gamma, c.gae_lambda)
+        advantage, target = gae(
+            tr.reward, ro.value, tr.done, last_value, discount_per_step(c, self.env), c.gae_lambda
+        )
 
         # Own episodic returns: per-episode statistics and the EMA of the adaptive schedule.
         ends = ro.episode_end.astype(jnp.float32)  # [T, E]
@@ -226,38 +234,69 @@ class Trainer:
             target=flat(target), decision=flat(tr.decision),
             global_state=None if ro.global_state is None else flat(ro.global_state),
         )
-        num_samples = c.batch_steps
+        return data, weight, return_ema, return_seen
+
+    def shuffle(self, data: MiniBatchData, key: jax.Array) -> MiniBatchData:
+        """One epoch's minibatches: a permutation of the samples -> ``[M, B, N, ...]``."""
+        c = self.config
+        perm = jax.random.permutation(key, c.batch_steps)
+        shape = (c.num_minibatches, c.minibatch_size)
+        return jax.tree_util.tree_map(lambda x: x[perm].reshape(shape + x.shape[1:]), data)
+
+    def sample_demo(self, key: jax.Array, demos):
+        """One minibatch's demonstrations: ``obs [N, B, D]``, ``action [N, B]``, ``avail [N, B,
+        A]``, ``weight [N, B]``.
+
+        When the buffer holds no more decisions per agent (``M``) than ``expert_batch_size``
+        (traffic: one episode's 4–16 decisions), every minibatch uses the whole buffer, each
+        agent's valid entries weighted equally: the exact mean that sampling
+        ``expert_batch_size`` of them with replacement only estimates, at ``M`` rows instead
+        of ``expert_batch_size`` (e.g. 16 instead of 64) and without a gather. Larger buffers
+        are sampled (``expert_batch_size`` per agent, uniformly among its decisions)."""
+        if self.full_demos:
+            return demos.obs, demos.action, demos.avail, demos.valid.astype(jnp.float32)
+        return sample_demos(key, demos, self.config.expert_batch_size)
+
+    def minibatch_step(self, carry, mb: MiniBatchData, demo, weight: jax.Array):
+        """Gradient of every agent's loss on one minibatch and one optimiser step."""
+        params, opt_state = carry
         grad = jax.value_and_grad(self.loss, has_aux=True)
+        (loss, (terms, ex)), grads = grad(params, mb, demo, weight)
+        updates, opt_state = self.optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        gnorm = optax.tree.norm(grads) if self.policy.share else per_agent_norm(grads).mean()
+        stats = {"loss": loss, "expert_loss": ex.mean(), "grad_norm": gnorm}
+        stats.update({k: v.mean() for k, v in terms._asdict().items()})
+        return (params, opt_state), stats
+
+    def update(self, state: TrainState, demos=None) -> tuple[TrainState, dict]:
+        """One PPO(+expert) update: rollout, GAE, ``update_epochs`` x ``num_minibatches``
+        minibatch steps. ``demos``: the ``DemoBuffer`` (needed by leed and bc)."""
+        c = self.config
+        rng, _, k_epochs = jax.random.split(state.rng, 3)
+        carry, ro, last_value = self.collect(state)
+        data, weight, return_ema, return_seen = self.batch(state, ro, last_value, demos)
 
         def minibatch_step(carry, xs):
-            params, opt_state = carry
             mb, key = xs
-            demo = sample_demos(key, demos, c.expert_batch_size) if self.use_expert else None
-            (loss, (terms, ex)), grads = grad(params, mb, demo, weight)
-            updates, opt_state = self.optimizer.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            gnorm = (
-                optax.tree.norm(grads) if self.policy.share else per_agent_norm(grads).mean()
-            )
-            stats = {"loss": loss, "expert_loss": ex.mean(), "grad_norm": gnorm}
-            stats.update({k: v.mean() for k, v in terms._asdict().items()})
-            return (params, opt_state), stats
+            demo = self.sample_demo(key, demos) if self.use_expert else None
+            return self.minibatch_step(carry, mb, demo, weight)
 
         def epoch(carry, key):
             k_perm, k_demo = jax.random.split(key)
-            perm = jax.random.permutation(k_perm, num_samples)
-            shape = (c.num_minibatches, c.minibatch_size)
-            mbs = jax.tree_util.tree_map(lambda x: x[perm].reshape(shape + x.shape[1:]), data)
+            mbs = self.shuffle(data, k_perm)
             keys = jax.random.split(k_demo, c.num_minibatches)
             return jax.lax.scan(minibatch_step, carry, (mbs, keys))
 
         (params, opt_state), stats = jax.lax.scan(
             epoch, (state.params, state.opt_state), jax.random.split(k_epochs, c.update_epochs)
         )
+        tr = ro.transition
+        ends = ro.episode_end.astype(jnp.float32)  # [T, E]
         metrics = {k: v.mean() for k, v in stats.items()}
         metrics.update(
             expert_weight=weight.mean(),
-            episodes=n_end,
+            episodes=ends.sum(),
             return_sum=(ro.episode_return.mean(-1) * ends).sum(),
             env={k: (v * ends).sum() for k, v in ro.metrics.items()},
             reward_mean=tr.reward.mean(),
@@ -297,8 +336,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, params: Params, key: jax.Array, num_envs: int, greedy: bool = True) -> dict:
-        """One episode in each of ``num_envs`` fresh envs: mean per-agent return, per-agent
-        returns ``[N]``, and the env metrics of the finished episodes (means over envs)."""
+        """One episode in each of ``num_envs`` fresh envs, each reset with its own key (so
+        envs that draw their episodes, e.g. traffic with resampled demand, run distinct
+        episodes): per-episode mean return ``[E]``, per-agent returns ``[N]`` (mean over
+        episodes) and the env metrics of each finished episode ``{name: [E]}``."""
         k_reset, k_roll = jax.random.split(key)
         carry = reset_envs(self.env, k_reset, num_envs)
         carry, ro = rollout(
@@ -312,15 +353,36 @@ class Trainer:
             ended[:, None], ro.episode_return[first, env_idx], carry.ep_return
         )  # [E, N]
         last = ro.episode_end.shape[0] - 1
-        metrics = {
-            k: jnp.where(ended, v[first, env_idx], v[last]).mean() for k, v in ro.metrics.items()
-        }
+        metrics = {k: jnp.where(ended, v[first, env_idx], v[last]) for k, v in ro.metrics.items()}
         return {
             "return": agent_return.mean(),
+            "episode_return": agent_return.mean(1),
             "agent_return": agent_return.mean(0),
             "ended_frac": ended.astype(jnp.float32).mean(),
             "metrics": metrics,
         }
+
+
+def ci95(values) -> float:
+    """Half-width of the 95 % confidence interval of the mean of ``values`` (Student t;
+    0 for fewer than two values)."""
+    from scipy.stats import t as student_t
+
+    v = np.asarray(values, float).ravel()
+    v = v[np.isfinite(v)]
+    if len(v) < 2:
+        return 0.0
+    return float(student_t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+
+
+def discount_per_step(config: TrainConfig, env) -> float:
+    """γ per env step: ``gamma ** (dt / gamma_seconds)`` for envs with a clock (traffic:
+    ``env.step_seconds``), so that scenarios with different dt look equally far ahead in
+    seconds; ``gamma`` itself for envs without one."""
+    dt = getattr(env, "step_seconds", None)
+    if dt is None:
+        return float(config.gamma)
+    return float(config.gamma) ** (float(dt) / float(config.gamma_seconds))
 
 
 def make_train(config: TrainConfig, env, demos=None) -> Trainer:
@@ -364,6 +426,7 @@ def make_train(config: TrainConfig, env, demos=None) -> Trainer:
         centralised=centralised,
         use_ppo=config.algo != "bc",
         use_expert=use_expert,
+        full_demos=use_expert and demos.obs.shape[1] <= config.expert_batch_size,
     )
 
 
@@ -489,7 +552,7 @@ def train(
     from leed_jax.io.checkpoint import Checkpointer, has_checkpoint
     from leed_jax.io.plots import plot_learning_curves
     from leed_jax.io.rundir import RunDir, default_run_dir
-    from leed_jax.parallel import broadcast_text, is_writer, to_host
+    from leed_jax.parallel import broadcast_text, is_writer, sync, to_host
 
     writer = is_writer()  # process 0 writes files and reports; the others only compute
     say = (say or (lambda msg: print(msg, file=sys.stderr))) if writer else (lambda msg: None)
@@ -539,12 +602,21 @@ def train(
 
     t_compile = time.perf_counter()
     try:
-        compiled = trainer.seeds_chunk().lower(state, demo_arrays).compile()
+        chunk = trainer.seeds_chunk()
+        if mesh is not None:
+            # The state leaves the chunk placed as it came in: left to itself XLA may pick
+            # another sharding for an env leaf (MPE's global state), which the next call's
+            # compiled program then rejects.
+            placed = jax.tree_util.tree_map(lambda x: x.sharding, state)
+            chunk = jax.jit(jax.vmap(trainer.chunk, in_axes=(0, None)), donate_argnums=0,
+                            out_shardings=(placed, None))
+        compiled = chunk.lower(state, demo_arrays).compile()
     except jax.errors.JaxRuntimeError as exc:
         if is_out_of_memory(exc):
             raise out_of_memory("compiling the update") from None
         raise
     compile_s = time.perf_counter() - t_compile
+    sync("leed_jax update compiled")  # the processes start their collectives together
 
     start_update = int(to_host(state.update)[0])
     done_chunks = start_update // config.chunk_updates
@@ -608,17 +680,24 @@ def train(
         "compile_s": round(compile_s, 2),
         "env_steps_per_s": round(trained_steps * config.seeds / max(loop_s, 1e-9), 1),
         "final_return": float(np.mean(evaluation["return"])),
+        "final_return_ci95": ci95(evaluation["episode_return"]),
         "final_return_seeds": [float(x) for x in evaluation["return"]],
         "eval_episodes": config.eval_envs,
         "eval_greedy": config.eval_greedy,
         "devices": 1 if mesh is None else int(mesh.devices.size),
         "processes": jax.process_count(),
+        # Episodes differ when the env draws each one (traffic with resampled demand, MPE);
+        # greedy evaluation of a fixed-demand traffic scenario repeats one episode.
+        "eval_distinct_episodes": bool(getattr(env, "resample", env.family != "traffic")),
+        "gamma_per_step": discount_per_step(config, trainer.env),
     }
     summary["metric_names"] = sorted(evaluation["metrics"])
     for k, v in evaluation["metrics"].items():
+        v = np.asarray(v)  # [K, E]
         summary[k] = float(np.mean(v))
+        summary[f"{k}_ci95"] = ci95(v)
         if config.seeds > 1:
-            summary[f"{k}_seeds"] = [float(x) for x in v]
+            summary[f"{k}_seeds"] = [float(x) for x in v.mean(1)]
     if demos is not None:
         summary["demo_return"] = float(np.asarray(demos.agent_return).mean())
     run.write_summary(summary)

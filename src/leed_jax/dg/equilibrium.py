@@ -1,0 +1,268 @@
+"""Simulation-based dynamic equilibrium / optimum planner (the DG stage's traffic expert).
+
+Routes are iterated inside the JAX env itself, so the true dynamics (spatial queues, flow
+capacity, storage, spillback) price them:
+
+1. candidate routes per vehicle: ``k`` penalised shortest paths per origin–destination pair
+   (each found path's links cost ``penalty`` times more for the next search), computed once;
+2. each round the joint plan is simulated by one jit-compiled rollout of fixed routes (the DG
+   executor's route follower); every completed link traversal is recorded as
+   ``(link, entry-time bin, experienced time)`` → mean experienced link time ``τ[e, b]``;
+3. each candidate is costed against ``τ`` time-dependently (a vehicle entering ``e`` at
+   ``t`` leaves at ``t + τ[e, bin(t)]``), all vehicles × candidates at once (``vmap``);
+4. the relative gap ``(Σ experienced − Σ best) / Σ experienced`` is measured; a share
+   ``1 / (k + 1)`` of the vehicles that can improve switches to its best candidate (method of
+   successive averages, Sheffi 1985, *Urban Transportation Networks*, ch. 12; the dynamic,
+   simulation-based form follows Peeta & Mahmassani 1995, *Ann. Oper. Res.* 60, 81–113);
+5. stop when the gap falls below ``gap_tol`` or after ``rounds``; the best joint plan seen
+   (least total experienced time) is returned.
+
+Objectives. ``equilibrium``: each vehicle's own time (dynamic user equilibrium). ``optimum``:
+marginal cost = own time + an estimate of the delay the vehicle imposes on others (dynamic
+system optimum, Peeta & Mahmassani 1995). The estimate: on a link served at capacity ``c_e``
+(veh/s), one extra entrant delays each vehicle queued behind it by one headway ``1 / c_e``;
+we count as "behind it" half of the *delayed* vehicles (experienced time above free flow) that
+entered the same link in the same entry-time bin, i.e. ``ext[e, b] = 0.5 · n_delayed[e, b] /
+c_e``. It ignores delay propagated upstream by spillback and queues persisting into later
+bins, so it under-estimates the externality — a documented lower bound, not an exact
+marginal cost.
+
+Traversals that span several links within one env step are recorded as one traversal of the
+first link (the time includes the later links) — a small over-estimate on very short links.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from leed_jax.dg.executor import _traffic_policy, pad_targets
+from leed_jax.dg.graph import RouteGraph, path_from_predecessors
+
+log = logging.getLogger("leed_jax.dg")
+
+OBJECTIVES = ("equilibrium", "optimum")
+_ARRIVED = 3  # leed_jax.envs.traffic.ARRIVED
+
+
+@dataclasses.dataclass(frozen=True)
+class EquilibriumConfig:
+    """objective: "equilibrium" | "optimum". candidates: routes per OD pair. penalty: cost
+    factor on the links of routes already found. rounds / gap_tol: stopping rule. bin_s: width
+    of the entry-time bins of the link-time table (seconds; 0 → 6 env steps)."""
+
+    objective: str = "equilibrium"
+    candidates: int = 6
+    penalty: float = 1.6
+    rounds: int = 30
+    gap_tol: float = 0.002
+    bin_s: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
+        if self.candidates < 1 or self.rounds < 1 or self.penalty < 1.0:
+            raise ValueError("candidates and rounds must be ≥ 1 and penalty ≥ 1")
+
+
+class PlanResult(NamedTuple):
+    paths: list[list[int]]  # node path per vehicle
+    total_travel_time: float  # s, of the returned plan, as simulated
+    gaps: list[float]  # relative gap per round
+    totals: list[float]  # total experienced travel time per round
+    seconds: float
+
+
+# ----------------------------------------------------------------------------- candidates
+def candidate_paths(graph: RouteGraph, origin, destination, k: int, penalty: float):
+    """Up to ``k`` distinct node paths per vehicle (penalised shortest paths per OD pair)."""
+    origin = np.asarray(origin, np.int64)
+    destination = np.asarray(destination, np.int64)
+    pairs, inverse = np.unique(np.stack([origin, destination], 1), axis=0, return_inverse=True)
+    inverse = np.asarray(inverse).reshape(-1)
+    per_pair: list[list[list[int]]] = [[] for _ in range(len(pairs))]
+    sources = np.unique(pairs[:, 0])
+    cost = {int(s): graph.link_tfree.copy() for s in sources}
+    for _ in range(k):
+        for s in sources:
+            _, pred = graph.shortest_from([int(s)], cost[int(s)])
+            for pi in np.nonzero(pairs[:, 0] == s)[0]:
+                d = int(pairs[pi, 1])
+                p = path_from_predecessors(pred[0], int(s), d)
+                if len(p) >= 2 and p not in per_pair[pi]:
+                    per_pair[pi].append(p)
+                for u, v in zip(p[:-1], p[1:]):
+                    cost[int(s)][graph.link_index(u, v)] *= penalty
+    return pairs, inverse, per_pair
+
+
+def _links_of(graph: RouteGraph, path: list[int]) -> list[int]:
+    return [graph.link_index(u, v) for u, v in zip(path[:-1], path[1:])]
+
+
+# ----------------------------------------------------------------------------- simulation
+def _build_sim(env, num_bins: int, bin_s: float):
+    policy = _traffic_policy(env)
+    e = int(env.network.link_src.shape[0])
+    horizon = env.spec.horizon
+
+    def run(key, obs, state, targets):
+        n = targets.shape[0]
+
+        def body(carry, key_t):
+            s, ptr, tsum, cnt, ndel = carry
+            action, ptr = policy(s, targets, ptr)
+            _, s2, _, _, _ = env.step(key_t, s, action)
+            was_on = s.link >= 0
+            left = was_on & ((s2.link != s.link) | (s2.enter != s.enter))
+            exit_t = jnp.where(s2.status == _ARRIVED, s2.arrive_time, s2.enter)
+            exp = jnp.maximum(exit_t - s.enter, 0.0)
+            b = jnp.clip((s.enter / bin_s).astype(jnp.int32), 0, num_bins - 1)
+            idx = jnp.where(left, s.link * num_bins + b, e * num_bins)
+            tsum = tsum + jax.ops.segment_sum(jnp.where(left, exp, 0.0), idx, e * num_bins + 1)
+            cnt = cnt + jax.ops.segment_sum(left.astype(jnp.float32), idx, e * num_bins + 1)
+            delayed = left & (exp > tfree[jnp.maximum(s.link, 0)] * 1.05 + 1e-3)
+            ndel = ndel + jax.ops.segment_sum(delayed.astype(jnp.float32), idx, e * num_bins + 1)
+            return (s2, ptr, tsum, cnt, ndel), None
+
+        z = jnp.zeros(e * num_bins + 1, jnp.float32)
+        keys = jax.random.split(key, horizon)
+        (sf, _, tsum, cnt, ndel), _ = jax.lax.scan(body, (state, jnp.zeros(n, jnp.int32), z, z, z), keys)
+        departed = sf.status != 0
+        return (tsum[:-1].reshape(e, num_bins), cnt[:-1].reshape(e, num_bins),
+                ndel[:-1].reshape(e, num_bins), jnp.where(departed, sf.travel_time, 0.0),
+                sf.status == _ARRIVED)
+
+    tfree = jnp.asarray(np.asarray(env.network.link_tfree), jnp.float32)
+    return jax.jit(run)
+
+
+def _build_cost(num_bins: int, bin_s: float):
+    """Time-dependent cost of padded link sequences: ``links [N, K, L]`` (−1 pad),
+    ``depart [N]`` s, link table ``[E, B]`` → ``[N, K]`` seconds (inf where no route)."""
+
+    def one(links, t0, table):
+        def step(t, e):
+            b = jnp.clip((t / bin_s).astype(jnp.int32), 0, num_bins - 1)
+            return jnp.where(e >= 0, t + table[jnp.maximum(e, 0), b], t), None
+
+        t, _ = jax.lax.scan(step, t0, links)
+        return t - t0
+
+    per_vehicle = jax.vmap(one, in_axes=(0, None, None))  # over candidates
+    cost = jax.vmap(per_vehicle, in_axes=(0, 0, None))  # over vehicles
+
+    def run(links, depart, table, valid):
+        return jnp.where(valid, cost(links, depart, table), jnp.inf)
+
+    return jax.jit(run)
+
+
+# ----------------------------------------------------------------------------- planner
+def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig = EquilibriumConfig(),
+                initial: list[list[int]] | None = None, progress: bool = False) -> PlanResult:
+    """Iterate routes in ``env`` (an episode from ``reset(key)``, or ``state``/``obs``) to a
+    dynamic equilibrium or optimum (module docstring). ``initial``: the first round's paths
+    (default: each vehicle's free-flow shortest path)."""
+    t_start = time.perf_counter()
+    if key is None:
+        key = jax.random.PRNGKey(0)
+    if state is None:
+        obs, state = env.reset(key)
+    graph = RouteGraph.from_network(env.network)
+    origin = np.asarray(state.origin)
+    dest = np.asarray(state.dest)
+    depart_s = np.asarray(state.depart, np.float64) * env.params.dt
+    n = origin.shape[0]
+    horizon_s = env.spec.horizon * env.params.dt
+    bin_s = config.bin_s or 6 * env.params.dt
+    num_bins = int(np.ceil(horizon_s / bin_s)) + 1
+
+    pairs, inverse, per_pair = candidate_paths(graph, origin, dest, config.candidates, config.penalty)
+    if initial is not None:  # the warm start's routes join the candidates
+        for i, p in enumerate(initial):
+            if len(p) >= 2 and p not in per_pair[inverse[i]]:
+                per_pair[inverse[i]].append(list(p))
+    k = max(1, max(len(p) for p in per_pair))
+    max_len = max(1, max((len(p) - 1 for ps in per_pair for p in ps), default=1))
+    links = -np.ones((n, k, max_len), np.int32)
+    valid = np.zeros((n, k), bool)
+    pair_links = [[_links_of(graph, p) for p in ps] for ps in per_pair]
+    for i in range(n):
+        for c, ls in enumerate(pair_links[inverse[i]]):
+            links[i, c, : len(ls)] = ls
+            valid[i, c] = True
+    choice = np.zeros(n, np.int64)  # candidate 0 = free-flow shortest path
+    if initial is not None:
+        for i, p in enumerate(initial):
+            cands = per_pair[inverse[i]]
+            if p in cands:
+                choice[i] = cands.index(p)
+
+    def paths_of(ch):
+        return [per_pair[inverse[i]][ch[i]] if valid[i, ch[i]] else [int(origin[i])]
+                for i in range(n)]
+
+    sim = _build_sim(env, num_bins, bin_s)
+    cost_fn = _build_cost(num_bins, bin_s)
+    tfree = graph.link_tfree[:, None] * np.ones((1, num_bins))
+    flow = np.asarray(getattr(env.network, "link_flow_capacity", None)
+                      if getattr(env.network, "link_flow_capacity", None) is not None
+                      else np.full(graph.num_links, 1800.0), np.float64) / 3600.0
+    rng = np.random.default_rng(config.seed)
+    sim_key = jax.random.fold_in(key, 1)
+    links_j, depart_j, valid_j = jnp.asarray(links), jnp.asarray(depart_s, jnp.float32), jnp.asarray(valid)
+    gaps, totals = [], []
+    best = (np.inf, choice.copy())
+    for r in range(config.rounds):
+        targets = pad_targets([p[1:] if len(p) > 1 else p for p in paths_of(choice)])
+        tsum, cnt, ndel, tt, arrived = jax.device_get(sim(sim_key, obs, state, jnp.asarray(targets)))
+        total = float(tt.sum())
+        totals.append(total)
+        if total < best[0]:
+            best = (total, choice.copy())
+        seen = cnt > 0
+        table = np.where(seen, tsum / np.maximum(cnt, 1), tfree)
+        if config.objective == "optimum":
+            table = table + 0.5 * ndel / np.maximum(flow[:, None], 1e-9)
+        cost = np.asarray(cost_fn(links_j, depart_j, jnp.asarray(table, jnp.float32), valid_j))
+        current = cost[np.arange(n), choice]
+        best_c = cost.min(1)
+        # Experienced cost of the current routes: simulated time (a vehicle that did not arrive
+        # counts its time so far plus the table's estimate would double count; use max).
+        experienced = np.maximum(tt, current) if config.objective == "equilibrium" else current
+        denom = max(float(experienced.sum()), 1e-9)
+        gap = float((experienced.sum() - best_c.sum()) / denom)
+        gaps.append(gap)
+        if progress or log.isEnabledFor(logging.INFO):
+            log.info("equilibrium planner (%s) round %d: total %.0f s, gap %.4f",
+                     config.objective, r + 1, total, gap)
+        if gap < config.gap_tol:
+            break
+        improve = best_c < current - 1e-3
+        switch = improve & (rng.random(n) < 1.0 / (r + 2))
+        choice = np.where(switch, cost.argmin(1), choice)
+    return PlanResult(paths_of(best[1]), best[0], gaps, totals, time.perf_counter() - t_start)
+
+
+def yardsticks(env, keys, config: EquilibriumConfig = EquilibriumConfig(), rounds: int | None = None) -> dict:
+    """Dynamic equilibrium's and optimum's total / mean travel time on the episodes of
+    ``keys`` (one ``reset(key)`` each): ``{"equilibrium": {"total_travel_time", "mean_travel_time"},
+    "optimum": {...}}``, means over the episodes; mean is per vehicle."""
+    out = {}
+    for obj in OBJECTIVES:
+        cfg = dataclasses.replace(config, objective=obj, rounds=rounds or config.rounds)
+        totals, means = [], []
+        for k in keys:
+            res = plan_routes(env, key=k, config=cfg)
+            totals.append(res.total_travel_time)
+            means.append(res.total_travel_time / max(len(res.paths), 1))
+        out[obj] = {"total_travel_time": float(np.mean(totals)), "mean_travel_time": float(np.mean(means))}
+    return out
