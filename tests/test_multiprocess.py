@@ -6,7 +6,7 @@ all SIGKILLed resumes to the same state. Every launch has a timeout and kills al
 processes when one fails.
 
 Kept short for the suite (about 35 s on 2 idle cores): the smallest env (MPE simple spread,
-4 agents, 25-step episodes), 2 updates, and three launches only — the single-process
+4 agents, 8-step episodes), 2 updates, and three launches only — the single-process
 reference runs alongside the first multi-process launch, and the resumed launch reads its
 compiled programs from the compile cache the first one filled.
 (``jax_share_binary_between_hosts``, process 0 compiling for both, would halve the compile
@@ -29,13 +29,23 @@ from leed_jax.io.checkpoint import checkpoint_steps, load_leaves
 from leed_jax.launch import free_port, process_env
 
 TESTS = Path(__file__).parent
+MPE_TINY = """
+name = "mpe-tiny"
+family = "mpe"
+description = "MPE simple spread, 4 agents, 8-step episodes (multi-process test)"
+prompt = "mpe"
+[jaxmarl]
+env_name = "MPE_simple_spread_v3"
+num_agents = 4
+horizon = 8
+"""
 ARGS = [
-    "--scenario", "mpe-spread", "--agents", "4", "--num-envs", "4", "--num-steps", "8",
-    "--total-steps", "64", "--num-minibatches", "2", "--update-epochs", "1", "--log-every", "1",
-    "--eval-envs", "2", "--expert-batch-size", "8", "--no-progress",
-    "--mesh-data", "2", "--mesh-agent", "2",
+    "--num-envs", "4", "--num-steps", "4", "--total-steps", "32", "--num-minibatches", "1",
+    "--update-epochs", "1", "--log-every", "1", "--eval-envs", "2", "--expert-batch-size", "8",
+    "--no-progress", "--mesh-data", "2", "--mesh-agent", "2",
 ]  # 2 updates, a checkpoint after each
 TIMEOUT = 180
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 @pytest.fixture
@@ -47,10 +57,17 @@ def env(tmp_path):
         JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla-cache"),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        # Compiling dominates these tiny runs: XLA's cheapest CPU back end settings about halve
+        # it (every process uses the same, so the programs still match).
+        XLA_FLAGS=FAST_COMPILE,
         MP_LOGS=str(tmp_path))
     env.pop("LEED_TEST_KILL_AT", None)
-    env.pop("XLA_FLAGS", None)
+    (tmp_path / "mpe-tiny.toml").write_text(MPE_TINY)
     return env
+
+
+def _args(tmp_path, out):
+    return ["--scenario", str(tmp_path / "mpe-tiny.toml"), *ARGS, "--out", str(out)]
 
 
 def _kill_all(procs):
@@ -90,7 +107,7 @@ def run_processes(env, argv, n=2, extra_env=None, timeout=TIMEOUT):
 def start_single_process(env, argv, devices=4):
     """The single-process run on ``devices`` forced devices, started in the background (its
     own session, so that a failing test can kill it with its children)."""
-    penv = dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    penv = dict(env, XLA_FLAGS=f"{FAST_COMPILE} --xla_force_host_platform_device_count={devices}")
     return subprocess.Popen([sys.executable, str(TESTS / "_mp_run.py"), *argv], env=penv,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -111,10 +128,10 @@ def test_two_processes_train_like_one_survive_sigkill_and_only_process_0_writes(
     restores the sharded checkpoint in between, so an uninterrupted multi-process run is not
     launched separately."""
     reference = tmp_path / "reference"
-    single = start_single_process(env, [*ARGS, "--out", str(reference)])
+    single = start_single_process(env, _args(tmp_path, reference))
     try:
         out = tmp_path / "multi"
-        results = run_processes(env, [*ARGS, "--out", str(out)], extra_env={"LEED_TEST_KILL_AT": "1"})
+        results = run_processes(env, _args(tmp_path, out), extra_env={"LEED_TEST_KILL_AT": "1"})
         assert results[0][0] == -signal.SIGKILL, results[0][2][-2000:]
         assert all(rc is not None and rc < 0 for rc, _, _ in results)  # nothing survived
         assert results[1][1] == results[1][2] == ""  # process 1: nothing but errors
@@ -132,7 +149,7 @@ def test_two_processes_train_like_one_survive_sigkill_and_only_process_0_writes(
         assert updates == [1, 2]  # one writer: no duplicated or interleaved lines
         assert checkpoint_steps(out / "checkpoints") == [1, 2]
         summary = json.loads((out / "summary.json").read_text())
-        assert summary["finished"] and summary["env_steps"] == 64
+        assert summary["finished"] and summary["env_steps"] == 32
         assert summary["processes"] == 2 and summary["devices"] == 4
 
         _, err = single.communicate(timeout=TIMEOUT)

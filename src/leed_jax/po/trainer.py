@@ -722,23 +722,29 @@ def _init_state(trainer: Trainer, config: TrainConfig, demos, mesh):
     """The initial state (seed axis first) and the demonstrations, on the mesh when there is
     one: the state is created where it lives (each device initialises its own agents' shard,
     and in a multi-process run the init is one program of all processes, compiled once and
-    cached like the update); the jitted chunk follows the placement."""
+    cached like the update); the jitted chunk follows the placement. Every leaf is strongly
+    typed (an env's Python-scalar field would be weak): a restored checkpoint is, and a
+    resumed run then reuses the update compiled for a fresh one (persistent compile cache)."""
     keys = seed_keys(config)
     if mesh is None:
-        return trainer.seeds_init()(keys), demos
+        return jax.jit(lambda k: _strong(trainer.seeds_init()(k)))(keys), demos
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
     from leed_jax.parallel import demo_shardings, train_state_shardings
 
     n = trainer.num_agents
-    init = jax.vmap(trainer.init)
+    init = lambda k: _strong(jax.vmap(trainer.init)(k))  # noqa: E731
     shardings = train_state_shardings(jax.eval_shape(init, keys), mesh, n)
     keys = jax.device_put(np.asarray(keys), NamedSharding(mesh, P()))
     state = jax.jit(init, out_shardings=shardings)(keys)
     if demos is not None:
         demos = jax.device_put(demos, demo_shardings(demos, mesh, n))
     return state, demos
+
+
+def _strong(tree):
+    return jax.tree_util.tree_map(lambda x: jax.lax.convert_element_type(x, x.dtype), tree)
 
 
 class _Progress:
