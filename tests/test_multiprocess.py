@@ -121,6 +121,7 @@ def _max_diff(a: Path, b: Path) -> float:
                for u, v in zip(x, y, strict=True))
 
 
+@pytest.mark.slow  # deselect with -m "not slow"
 def test_two_processes_train_like_one_survive_sigkill_and_only_process_0_writes(env, tmp_path):
     """One multi-process run, SIGKILLed in all its processes after the checkpoint of update 1,
     then resumed by two new processes: its final state equals the single-process run's on 4
