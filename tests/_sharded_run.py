@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from leed_jax.config import TrainConfig
+from leed_jax.dg.generate import generate_demos
 from leed_jax.po.trainer import train
 
 assert len(jax.devices()) == 8, jax.devices()
@@ -17,6 +18,11 @@ base = TrainConfig(
     scenario="traffic-grid", algo=algo, num_agents=4, num_envs=8, num_steps=8, total_steps=8 * 8 * 3,
     num_minibatches=2, update_epochs=2, log_every=1, eval_envs=2, progress=False, expert_batch_size=8,
 )
+# One small demo buffer for every mesh (the cheap incremental planner, a few demand draws): the
+# test is about sharding the update, not about the demonstrations.
+demos = generate_demos("traffic-grid", source="planner", planner="incremental", episodes=2,
+                       out=tempfile.mkdtemp(), overrides={"num_agents": 4}, progress=False)
+base = base.replace(demos=str(demos))
 meshes = [(1, 1), (2, 1), (8, 1), (2, 4)]  # 1, 2 and 8 devices; the last splits agents too
 params = {}
 for data, agent in meshes:

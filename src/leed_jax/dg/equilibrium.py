@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import weakref
 from typing import NamedTuple
 
 import jax
@@ -165,6 +166,19 @@ def _build_cost(num_bins: int, bin_s: float):
     return jax.jit(run)
 
 
+# Compiled simulation and cost programs per env object (weak keys: they go with the env), so
+# that planning many episodes of one scenario compiles once, not once per episode.
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _compiled(env, num_bins: int, bin_s: float):
+    per_env = _COMPILED.setdefault(env, {})
+    key = (num_bins, float(bin_s))
+    if key not in per_env:
+        per_env[key] = (_build_sim(env, num_bins, bin_s), _build_cost(num_bins, bin_s))
+    return per_env[key]
+
+
 # ----------------------------------------------------------------------------- planner
 def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig = EquilibriumConfig(),
                 initial: list[list[int]] | None = None, progress: bool = False) -> PlanResult:
@@ -190,8 +204,9 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
         for i, p in enumerate(initial):
             if len(p) >= 2 and p not in per_pair[inverse[i]]:
                 per_pair[inverse[i]].append(list(p))
-    k = max(1, max(len(p) for p in per_pair))
+    k = max(1, config.candidates, max(len(p) for p in per_pair))  # ≥ candidates: one shape
     max_len = max(1, max((len(p) - 1 for ps in per_pair for p in ps), default=1))
+    max_len = -(-max_len // 8) * 8  # rounded up so that other episodes reuse the compiled cost
     links = -np.ones((n, k, max_len), np.int32)
     valid = np.zeros((n, k), bool)
     pair_links = [[_links_of(graph, p) for p in ps] for ps in per_pair]
@@ -210,8 +225,7 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
         return [per_pair[inverse[i]][ch[i]] if valid[i, ch[i]] else [int(origin[i])]
                 for i in range(n)]
 
-    sim = _build_sim(env, num_bins, bin_s)
-    cost_fn = _build_cost(num_bins, bin_s)
+    sim, cost_fn = _compiled(env, num_bins, bin_s)
     tfree = graph.link_tfree[:, None] * np.ones((1, num_bins))
     flow = np.asarray(getattr(env.network, "link_flow_capacity", None)
                       if getattr(env.network, "link_flow_capacity", None) is not None
