@@ -5,7 +5,9 @@
 Over 4 episodes (seeded draws of the scenario's demand): the mean free-flow time, the mean
 travel time (all vehicles) when everyone takes the free-flow fastest path, the same for the
 DG stage's planner (its demonstrations, 4 episodes), arrival rates, and the peak link flow
-over capacity (most vehicles leaving one link in 60 s over q_e · 60 s, fastest paths).
+over capacity (most vehicles leaving one link in 60 s over q_e · 60 s, fastest paths), and
+the yardsticks of the same 4 episodes (``leed_jax.dg.yardsticks``: the simulated dynamic user
+equilibrium's and system optimum's mean travel time) with the fastest-path policy's gap to them.
 Prints one JSON object last.
 """
 import json
@@ -41,6 +43,13 @@ def measure(name, episodes=4, **ov):
         flows = (h[w:] - h[:-w]) / (q[None] * w * p.dt)
         ratio.append(float(flows.max()))
     out.update(free_flow=np.mean(ff), fastest=np.mean(fast), fastest_arrival=np.mean(arr), peak_flow_ratio=np.mean(ratio))
+    from leed_jax.dg.yardsticks import compare, yardsticks
+
+    yard = yardsticks(env, [jax.random.PRNGKey(100 + ep) for ep in range(episodes)])
+    cmp = compare(fast, yard)
+    out.update(ue=cmp["ue_mean_travel_time"], so=cmp["so_mean_travel_time"],
+               fastest_gap_to_ue_pct=cmp["gap_to_ue_pct"], fastest_gap_to_so_pct=cmp["gap_to_so_pct"],
+               yardstick_s=cmp["yardstick_s"])
     t = time.time()
     r = run_dg(DemoConfig(scenario=name, out=tempfile.mkdtemp(prefix=f"congestion-{name}-"), source="planner", progress=False, episodes=episodes), env=env)
     out.update(planner=r.meta["metrics"]["mean_travel_time"], planner_arrival=r.meta["metrics"]["arrival_rate"], dg_s=round(time.time()-t,1))

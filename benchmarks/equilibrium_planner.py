@@ -1,13 +1,18 @@
-"""Equilibrium / optimum planner vs the incremental planner on one episode (reset key 0).
+"""Equilibrium / optimum planner vs the incremental planner, per episode (reset keys).
 
-    python benchmarks/equilibrium_planner.py traffic-grid-large
+    python benchmarks/equilibrium_planner.py traffic-grid-large [--keys 0,1] \
+        [--set rounds=30] [--set turn_aware=false] [--set censored=false]
 
-Total travel time of each plan as executed by the DG executor, and planning seconds. Last line JSON.
+For each episode: total travel time (vehicle-seconds) of each plan as executed by the DG
+executor, planning seconds, rounds, and the relative gap (first round = the incremental
+warm start, least, last). ``--set`` changes an ``EquilibriumConfig`` field (JSON values).
+Planning seconds of the first episode include compilation. Last line JSON.
 """
 
+import argparse
+import dataclasses
 import json
 import os
-import sys
 import time
 
 import jax
@@ -20,27 +25,42 @@ from leed_jax.dg.graph import RouteGraph
 from leed_jax.dg.planner import traffic_routes
 from leed_jax.envs.registry import make_env
 
-name = sys.argv[1] if len(sys.argv) > 1 else "traffic-grid"
-env = make_env(name)
-key = jax.random.PRNGKey(0)
-obs, state = env.reset(key)
+ap = argparse.ArgumentParser()
+ap.add_argument("scenario", nargs="?", default="traffic-grid")
+ap.add_argument("--keys", default="0")
+ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+args = ap.parse_args()
+fields = {}
+for item in args.set:
+    k, _, v = item.partition("=")
+    fields[k] = json.loads(v)
+base = EquilibriumConfig(**fields)
+env = make_env(args.scenario)
 g, p = RouteGraph.from_network(env.network), env.params
 run = executor_for(env)
+out = {"scenario": args.scenario, "config": {k: getattr(base, k) for k in base.__dataclass_fields__},
+       "episodes": []}
+for k in [int(x) for x in args.keys.split(",")]:
+    key = jax.random.PRNGKey(k)
+    obs, state = env.reset(key)
 
+    def total(paths):
+        r = jax.device_get(run(key, obs, state, jnp.asarray(pad_targets([x[1:] or x for x in paths]))))
+        return float(r.metrics["total_travel_time"])
 
-def total(paths):
-    r = jax.device_get(run(key, obs, state, jnp.asarray(pad_targets([x[1:] or x for x in paths]))))
-    return float(r.metrics["total_travel_time"])
-
-
-t = time.perf_counter()
-inc = traffic_routes(g, np.asarray(state.origin), np.asarray(state.dest), np.asarray(state.depart),
-                     dt=p.dt, alpha=p.alpha, beta=p.beta)
-out = {"scenario": name, "vehicles": len(inc), "incremental": {"total_travel_time": total(inc),
-       "seconds": time.perf_counter() - t}}
-for obj in ("equilibrium", "optimum"):
-    res = plan_routes(env, key=key, config=EquilibriumConfig(objective=obj), initial=inc)
-    out[obj] = {"total_travel_time": total(res.paths), "seconds": res.seconds,
-                "rounds": len(res.gaps), "last_gap": res.gaps[-1]}
+    t = time.perf_counter()
+    inc = traffic_routes(g, np.asarray(state.origin), np.asarray(state.dest), np.asarray(state.depart),
+                         dt=p.dt, alpha=p.alpha, beta=p.beta)
+    ep = {"key": k, "vehicles": len(inc),
+          "incremental": {"total_travel_time": total(inc), "seconds": round(time.perf_counter() - t, 2)}}
+    for obj in ("equilibrium", "optimum"):
+        res = plan_routes(env, key=key, config=dataclasses.replace(base, objective=obj), initial=inc)
+        tt = total(res.paths)
+        ep[obj] = {"total_travel_time": tt, "seconds": round(res.seconds, 2), "rounds": len(res.gaps),
+                   "vs_incremental_pct": round(100 * (tt / ep["incremental"]["total_travel_time"] - 1), 2),
+                   "first_gap": round(res.gaps[0], 4), "least_gap": round(min(res.gaps), 4),
+                   "last_gap": round(res.gaps[-1], 4)}
+    print(json.dumps(ep), flush=True)
+    out["episodes"].append(ep)
 out["loadavg"] = os.getloadavg()
 print(json.dumps(out))

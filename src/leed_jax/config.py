@@ -29,7 +29,7 @@ class ConfigError(ValueError):
 def _f(default: Any, help: str, *, check: str | None = None, choices=None, flag=None):
     """A dataclass field with its help text and its allowed range.
 
-    ``check`` is one of ``">0"``, ``">=0"``, ``"0..1"``, ``"(0,1]"``, ``"mesh"`` (-1 or > 0).
+    ``check`` is one of ``">0"``, ``">=0"``, ``">=-1"``, ``"0..1"``, ``"(0,1]"``, ``"mesh"`` (-1 or > 0).
     """
     meta = {"help": help, "check": check, "choices": choices, "flag": flag}
     if isinstance(default, (list, tuple)):
@@ -115,6 +115,10 @@ class TrainConfig:
     eval_envs: int = _f(16, "episodes in the final evaluation", check=">0")
     eval_greedy: bool = _f(True, "evaluate the most likely action instead of sampling")
     compare: bool = _f(False, "also train IPPO on the same budget and compare")
+    yardsticks: int = _f(
+        -1, "traffic: evaluation episodes also planned to the dynamic user equilibrium and system "
+        "optimum, reported beside the policy (0: off; -1: $LEED_YARDSTICKS or 4)", check=">=-1"
+    )
     progress: bool = _f(True, "show a progress bar")
 
     def __post_init__(self):
@@ -204,6 +208,7 @@ def _range_text(check: str) -> str:
         "0..1": "in [0, 1]",
         "(0,1]": "in (0, 1]",
         "mesh": "-1 or > 0",
+        ">=-1": ">= -1",
     }[check]
 
 
@@ -246,6 +251,7 @@ def _in_range(check: str, v: float) -> bool:
         "0..1": 0 <= v <= 1,
         "(0,1]": 0 < v <= 1,
         "mesh": v == -1 or v > 0,
+        ">=-1": v >= -1,
     }[check]
 
 

@@ -3,7 +3,8 @@
 With no arguments it runs the default traffic scenario end to end: demonstrations (from the
 LLM when one is configured, from the built-in planner otherwise), LEED training, evaluation,
 and a table of the trained policy against its demonstrations (--compare: and against IPPO
-trained on the same budget). Every TrainConfig field is a flag (--total-steps, --lr, ...);
+trained on the same budget); on traffic, beside the user-equilibrium and system-optimum yardsticks
+planned on the same evaluation episodes (--yardsticks N). Every TrainConfig field is a flag (--total-steps, --lr, ...);
 --config FILE reads a TOML file first, flags override it.
 
 Exit status: 0 done; 1 training stopped (NaN in the loss); 2 bad input (a flag, a config
@@ -24,7 +25,8 @@ PROG = "python -m leed_jax.run"
 # Flags of TrainConfig fields that `--resume` still accepts (they change no result).
 _RESUME_OK = {"progress"}
 _METAVARS = {"num_agents": "N", "demos": "PATH", "out": "DIR", "model": "NAME",
-             "scenario": "NAME", "algo": "NAME", "expert_schedule": "NAME"}
+             "scenario": "NAME", "algo": "NAME", "expert_schedule": "NAME",
+             "yardsticks": "N"}
 
 
 class UsageError(Exception):
@@ -209,6 +211,9 @@ def run(config: TrainConfig, resume_dir: pathlib.Path | None, export_dir: str | 
 
     metric_names = list(result.summary.get("metric_names", []))
     rows = [_summary_row(algo.upper(), s, metric_names) for algo, s in summaries.items()]
+    from leed_jax.dg.yardsticks import add_to_table, describe  # traffic: UE / SO rows and gaps
+
+    table_names = add_to_table(rows, summaries, metric_names)
     references = {}
     if demos is not None:
         demo_row = _demo_row(pathlib.Path(config.demos), demos, metric_names)
@@ -221,7 +226,13 @@ def run(config: TrainConfig, resume_dir: pathlib.Path | None, export_dir: str | 
     if len(histories) > 1 or references:
         plot_learning_curves(histories, RunDir(out).plot_path, title=f"{env.name}, N={env.spec.num_agents}",
                              references=references)
-    print_table(rows, metric_names)
+    print_table(rows, table_names)
+    for algo, s in summaries.items():
+        if describe(s):
+            _say(f"{algo.upper()} mean travel time {s['policy_mean_travel_time_on_yardstick_episodes']:.1f} s "
+                 f"on the yardstick episodes: {describe(s)}; user equilibrium "
+                 f"{s['ue_mean_travel_time']:.1f} s, system optimum {s['so_mean_travel_time']:.1f} s "
+                 f"(planned in {s['yardstick_s']:.0f} s; --yardsticks 0 skips them)")
     if export_dir:
         from leed_jax.envs.sumo_io import export_trained_policy
 

@@ -10,7 +10,9 @@ is given); process 0 alone writes the tables, the plot and the cells' run direct
 Runs every (algo, N) cell of the grid with ``leed_jax.train`` (its seeds vmapped into one
 program), each in its own run directory ``DIR/cells/<algo>-n<N>``, and writes
 ``DIR/results.csv``, ``DIR/results.json`` and ``DIR/scaling.png`` (final return, mean travel
-time and training throughput against N). Resumable: a cell whose ``summary.json`` says it
+time and training throughput against N). Traffic cells also report the user-equilibrium and
+system-optimum yardsticks planned on the cell's evaluation episodes and the gaps to them
+(``leed_jax.dg.yardsticks``; cells of the same N share them through its cache). Resumable: a cell whose ``summary.json`` says it
 finished is read back, never recomputed; a cell that was interrupted resumes from its last
 checkpoint.
 """
@@ -34,6 +36,10 @@ RESULT_COLUMNS = [
     "final_return",
     "final_return_std",
     "mean_travel_time",
+    "ue_mean_travel_time",  # traffic yardsticks on the same episodes (leed_jax.dg.yardsticks)
+    "so_mean_travel_time",
+    "gap_to_ue_pct",
+    "gap_to_so_pct",
     "arrival_rate",
     "env_steps",
     "env_steps_per_s",
@@ -72,6 +78,10 @@ def result_row(algo: str, n: int, cell: pathlib.Path, summary: dict) -> dict:
         "final_return": round(mean, 5),
         "final_return_std": round(std, 5),
         "mean_travel_time": summary.get("mean_travel_time", float("nan")),
+        # None (JSON null, an empty CSV cell) where a cell has no yardsticks: NaN != NaN would
+        # make a read-back row differ from itself.
+        **{k: summary.get(k) for k in ("ue_mean_travel_time", "so_mean_travel_time",
+                                       "gap_to_ue_pct", "gap_to_so_pct")},
         "arrival_rate": summary.get("arrival_rate", float("nan")),
         "env_steps": summary.get("env_steps"),
         "env_steps_per_s": sps,
@@ -91,6 +101,7 @@ def run_sweep(
     say=None,
 ) -> list[dict]:
     """Run (or read back) every cell; write the tables and the plot; return the rows."""
+    from leed_jax.dg.yardsticks import describe
     from leed_jax.io.checkpoint import has_checkpoint
     from leed_jax.io.rundir import check_writable, lock_run_dir
     from leed_jax.parallel import is_writer, sync
@@ -125,7 +136,8 @@ def run_sweep(
                         raise
                     say(f"{tag}: {cfg.seeds} vmapped seeds do not fit ({exc}); running them one by one")
                     summary = _seeds_one_by_one(cfg, cell, say)
-                say(f"{tag}: done in {time.perf_counter() - t0:.1f} s, return {summary['final_return']:.3f}")
+                say(f"{tag}: done in {time.perf_counter() - t0:.1f} s, return {summary['final_return']:.3f}"
+                    + (f", {describe(summary)}" if describe(summary) else ""))
             rows.append(result_row(algo, n, cell, summary))
             if writer:
                 write_results(out, rows)
@@ -192,6 +204,14 @@ def plot_scaling(rows: list[dict], path: pathlib.Path) -> None:
             xs = [p[0] for p in pts]
             ys = [p[1] if p[1] is not None else float("nan") for p in pts]
             ax.plot(xs, ys, marker="o", label=algo)
+        if key == "mean_travel_time":  # traffic yardsticks of the same episodes, where present
+            for ykey, style, label in (("ue_mean_travel_time", "--", "user equilibrium"),
+                                       ("so_mean_travel_time", ":", "system optimum")):
+                pts = sorted({(r["num_agents"], r[ykey]) for r in rows if r.get(ykey) is not None})
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color="gray", label=label)
+            if any(r.get("ue_mean_travel_time") is not None for r in rows):
+                ax.legend(fontsize=7)
         ax.set_xscale("log")
         if key == "agent_steps_per_s":
             ax.set_yscale("log")
@@ -235,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--distributed", action="store_true",
                    help="join a multi-process run first (see python -m leed_jax.launch): every "
                         "cell runs sharded over all processes' devices; process 0 writes")
+    p.add_argument("--yardsticks", type=int, default=None,
+                   help="traffic: evaluation episodes planned to user equilibrium / system optimum "
+                        "per cell (0: off; default: the config's, -1 = $LEED_YARDSTICKS or 4)")
     from leed_jax.envs.base import ScenarioError
     from leed_jax.io.checkpoint import CheckpointError
     from leed_jax.io.rundir import RunDirError
@@ -253,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             "num_envs": args.num_envs,
             "mesh_data": -1 if args.distributed and args.mesh_data is None else args.mesh_data,
             "mesh_agent": args.mesh_agent,
+            "yardsticks": args.yardsticks,
         }
         base = base.replace(**{k: v for k, v in changes.items() if v is not None})
         if args.no_progress:

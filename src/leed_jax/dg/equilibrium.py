@@ -4,7 +4,8 @@ Routes are iterated inside the JAX env itself, so the true dynamics (spatial que
 capacity, storage, spillback) price them:
 
 1. candidate routes per vehicle: ``k`` penalised shortest paths per origin–destination pair
-   (each found path's links cost ``penalty`` times more for the next search), computed once;
+   (each found path's links cost ``penalty`` times more for the next search), computed once
+   on the link graph under the network's turn rules (SUMO lane connections);
 2. each round the joint plan is simulated by one jit-compiled rollout of fixed routes (the DG
    executor's route follower); every completed link traversal is recorded as
    ``(link, entry-time bin, experienced time)`` → mean experienced link time ``τ[e, b]``;
@@ -56,7 +57,10 @@ _ARRIVED = 3  # leed_jax.envs.traffic.ARRIVED
 class EquilibriumConfig:
     """objective: "equilibrium" | "optimum". candidates: routes per OD pair. penalty: cost
     factor on the links of routes already found. rounds / gap_tol: stopping rule. bin_s: width
-    of the entry-time bins of the link-time table (seconds; 0 → 6 env steps)."""
+    of the entry-time bins of the link-time table (seconds; 0 → 6 env steps). censored: also
+    record the traversals still under way at the horizon, at their time so far (a lower bound;
+    False: only completed traversals, as before). turn_aware: candidate routes searched on the
+    link graph under the network's allowed turns (False: on the node graph, as before)."""
 
     objective: str = "equilibrium"
     candidates: int = 6
@@ -65,6 +69,8 @@ class EquilibriumConfig:
     gap_tol: float = 0.002
     bin_s: float = 0.0
     seed: int = 0
+    censored: bool = True
+    turn_aware: bool = True
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -82,8 +88,15 @@ class PlanResult(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- candidates
-def candidate_paths(graph: RouteGraph, origin, destination, k: int, penalty: float):
-    """Up to ``k`` distinct node paths per vehicle (penalised shortest paths per OD pair)."""
+def candidate_paths(graph: RouteGraph, origin, destination, k: int, penalty: float,
+                    connections=None):
+    """Up to ``k`` distinct node paths per vehicle (penalised shortest paths per OD pair).
+
+    ``connections [C, 2]`` (from_link, to_link), the network's allowed turns: given, paths are
+    searched on the link graph, so that they take only allowed turns and every link on them
+    can still reach the destination — the env's action masks forbid anything else, and the
+    executor would replace a forbidden turn by a detour the link-time table never priced
+    (on traffic-sumo-drt such detours looped vehicles until the horizon)."""
     origin = np.asarray(origin, np.int64)
     destination = np.asarray(destination, np.int64)
     pairs, inverse = np.unique(np.stack([origin, destination], 1), axis=0, return_inverse=True)
@@ -91,6 +104,10 @@ def candidate_paths(graph: RouteGraph, origin, destination, k: int, penalty: flo
     per_pair: list[list[list[int]]] = [[] for _ in range(len(pairs))]
     sources = np.unique(pairs[:, 0])
     cost = {int(s): graph.link_tfree.copy() for s in sources}
+    if connections is not None:
+        _turn_aware_candidates(graph, np.asarray(connections, np.int64).reshape(-1, 2), pairs,
+                               sources, cost, per_pair, k, penalty)
+        return pairs, inverse, per_pair
     for _ in range(k):
         for s in sources:
             _, pred = graph.shortest_from([int(s)], cost[int(s)])
@@ -104,13 +121,46 @@ def candidate_paths(graph: RouteGraph, origin, destination, k: int, penalty: flo
     return pairs, inverse, per_pair
 
 
+def _turn_aware_candidates(graph, conn, pairs, sources, cost, per_pair, k, penalty) -> None:
+    """:func:`candidate_paths` on the link graph: node ``E`` is a virtual start joined to the
+    origin's out-links; arc ``a → b`` (an allowed turn) costs ``cost[b]``."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import dijkstra
+
+    e = graph.num_links
+    by_dst = [np.flatnonzero(graph.link_dst == v) for v in range(graph.num_nodes)]
+    for _ in range(k):
+        for s in sources:
+            c = cost[int(s)]
+            outs = np.flatnonzero(graph.link_src == s)
+            rows = np.concatenate([conn[:, 0], np.full(len(outs), e)])
+            cols = np.concatenate([conn[:, 1], outs])
+            g = csr_matrix((c[cols], (rows, cols)), shape=(e + 1, e + 1))
+            dist, pred = dijkstra(g, directed=True, indices=e, return_predecessors=True)
+            for pi in np.nonzero(pairs[:, 0] == s)[0]:
+                ends = by_dst[int(pairs[pi, 1])]
+                if not len(ends) or not np.isfinite(dist[ends]).any():
+                    continue
+                link = int(ends[np.argmin(dist[ends])])
+                links = []
+                while link != e and link >= 0:
+                    links.append(link)
+                    link = int(pred[link])
+                links.reverse()
+                p = [int(s)] + [int(graph.link_dst[x]) for x in links]
+                if len(p) >= 2 and p not in per_pair[pi]:
+                    per_pair[pi].append(p)
+                c[links] *= penalty
+
+
 def _links_of(graph: RouteGraph, path: list[int]) -> list[int]:
     return [graph.link_index(u, v) for u, v in zip(path[:-1], path[1:])]
 
 
 # ----------------------------------------------------------------------------- simulation
-def _build_sim(env, num_bins: int, bin_s: float):
+def _build_sim(env, num_bins: int, bin_s: float, censored: bool = True):
     policy = _traffic_policy(env)
+    dt = float(env.params.dt)
     e = int(env.network.link_src.shape[0])
     horizon = env.spec.horizon
 
@@ -136,6 +186,17 @@ def _build_sim(env, num_bins: int, bin_s: float):
         z = jnp.zeros(e * num_bins + 1, jnp.float32)
         keys = jax.random.split(key, horizon)
         (sf, _, tsum, cnt, ndel), _ = jax.lax.scan(body, (state, jnp.zeros(n, jnp.int32), z, z, z), keys)
+        if censored:
+            # Vehicles still on a link at the horizon: their time so far is a lower bound of
+            # that traversal. Left out, a jammed link's late bins would look free (no one
+            # left it), and the search would keep sending vehicles into the jam.
+            on = (sf.link >= 0) & (sf.status != _ARRIVED)
+            so_far = jnp.maximum(sf.t.astype(jnp.float32) * dt - sf.enter, 0.0)
+            b = jnp.clip((sf.enter / bin_s).astype(jnp.int32), 0, num_bins - 1)
+            idx = jnp.where(on, sf.link * num_bins + b, e * num_bins)
+            tsum = tsum + jax.ops.segment_sum(jnp.where(on, so_far, 0.0), idx, e * num_bins + 1)
+            cnt = cnt + jax.ops.segment_sum(on.astype(jnp.float32), idx, e * num_bins + 1)
+            ndel = ndel + jax.ops.segment_sum(on.astype(jnp.float32), idx, e * num_bins + 1)
         departed = sf.status != 0
         return (tsum[:-1].reshape(e, num_bins), cnt[:-1].reshape(e, num_bins),
                 ndel[:-1].reshape(e, num_bins), jnp.where(departed, sf.travel_time, 0.0),
@@ -167,15 +228,16 @@ def _build_cost(num_bins: int, bin_s: float):
 
 
 # Compiled simulation and cost programs per env object (weak keys: they go with the env), so
-# that planning many episodes of one scenario compiles once, not once per episode.
+# that planning many episodes of one scenario (the DG stage's episodes, the yardsticks' two
+# objectives per episode) compiles once, not once per episode.
 _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _compiled(env, num_bins: int, bin_s: float):
+def _compiled(env, num_bins: int, bin_s: float, censored: bool = True):
     per_env = _COMPILED.setdefault(env, {})
-    key = (num_bins, float(bin_s))
+    key = (num_bins, float(bin_s), bool(censored))
     if key not in per_env:
-        per_env[key] = (_build_sim(env, num_bins, bin_s), _build_cost(num_bins, bin_s))
+        per_env[key] = (_build_sim(env, num_bins, bin_s, censored), _build_cost(num_bins, bin_s))
     return per_env[key]
 
 
@@ -199,12 +261,15 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
     bin_s = config.bin_s or 6 * env.params.dt
     num_bins = int(np.ceil(horizon_s / bin_s)) + 1
 
-    pairs, inverse, per_pair = candidate_paths(graph, origin, dest, config.candidates, config.penalty)
+    conn = getattr(env.network, "connections", None) if config.turn_aware else None
+    pairs, inverse, per_pair = candidate_paths(graph, origin, dest, config.candidates, config.penalty,
+                                               connections=conn)
     if initial is not None:  # the warm start's routes join the candidates
         for i, p in enumerate(initial):
             if len(p) >= 2 and p not in per_pair[inverse[i]]:
                 per_pair[inverse[i]].append(list(p))
-    k = max(1, config.candidates, max(len(p) for p in per_pair))  # ≥ candidates: one shape
+    # ≥ candidates + 1 (the warm start's route may join them): one shape per scenario.
+    k = max(1, config.candidates + 1, max(len(p) for p in per_pair))
     max_len = max(1, max((len(p) - 1 for ps in per_pair for p in ps), default=1))
     max_len = -(-max_len // 8) * 8  # rounded up so that other episodes reuse the compiled cost
     links = -np.ones((n, k, max_len), np.int32)
@@ -225,7 +290,7 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
         return [per_pair[inverse[i]][ch[i]] if valid[i, ch[i]] else [int(origin[i])]
                 for i in range(n)]
 
-    sim, cost_fn = _compiled(env, num_bins, bin_s)
+    sim, cost_fn = _compiled(env, num_bins, bin_s, config.censored)
     tfree = graph.link_tfree[:, None] * np.ones((1, num_bins))
     flow = np.asarray(getattr(env.network, "link_flow_capacity", None)
                       if getattr(env.network, "link_flow_capacity", None) is not None

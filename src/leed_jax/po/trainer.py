@@ -700,6 +700,10 @@ def train(
             summary[f"{k}_seeds"] = [float(x) for x in v.mean(1)]
     if demos is not None:
         summary["demo_return"] = float(np.asarray(demos.agent_return).mean())
+    from leed_jax.dg.yardsticks import for_evaluation  # traffic: UE / SO on the same episodes
+
+    summary.update(for_evaluation(env, config.seed, config.eval_envs, evaluation["metrics"],
+                                  config.yardsticks, say=say if config.progress else None))
     run.write_summary(summary)
     if writer:
         plot_learning_curves({config.algo: history}, run.plot_path,
