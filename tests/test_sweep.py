@@ -69,7 +69,7 @@ def test_sweep_cli_module_exit_status(tmp_path):
         [sys.executable, "-m", "leed_jax.sweep", "--algos", "nope", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=120, check=False,
     )
-    assert proc.returncode == 2 and proc.stderr.strip().startswith("error:")
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("python -m leed_jax.sweep: error:")
 
 
 def test_seeds_that_do_not_fit_run_one_by_one(tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ from typing import Any
 
 ALGOS = ("leed", "ippo", "mappo", "bc")
 SCHEDULES = ("constant", "linear", "exponential", "adaptive", "greedy", "qfilter")
+MAX_AGENTS = 10_000_000
 
 
 class ConfigError(ValueError):
@@ -28,7 +29,7 @@ class ConfigError(ValueError):
 def _f(default: Any, help: str, *, check: str | None = None, choices=None, flag=None):
     """A dataclass field with its help text and its allowed range.
 
-    ``check`` is one of ``">0"``, ``">=0"``, ``">=-1"``, ``"0..1"``, ``"(0,1]"``, ``"mesh"``.
+    ``check`` is one of ``">0"``, ``">=0"``, ``">=-1"``, ``"0..1"``, ``"(0,1]"``, ``"mesh"`` (-1 or > 0).
     """
     meta = {"help": help, "check": check, "choices": choices, "flag": flag}
     if isinstance(default, (list, tuple)):
@@ -214,6 +215,15 @@ class TrainConfig:
                 "expert_schedule='qfilter' needs the warm start's critic (warm_start_steps > 0 "
                 "and warm_critic_updates > 0)"
             )
+        # Sizes that cannot be meant: the update counter is int32 and every agent gets its own
+        # networks (10^7 agents is already ~100 GB of parameters).
+        if self.num_agents is not None and self.num_agents > MAX_AGENTS:
+            raise ConfigError(f"config field 'num_agents' must be <= {MAX_AGENTS:,} (got {self.num_agents:,})")
+        if self.total_steps // max(self.batch_steps, 1) >= 2**31:
+            raise ConfigError(
+                f"config field 'total_steps' is too large ({self.total_steps:.3g} env steps is over "
+                f"2^31 updates of {self.batch_steps}); use at most {(2**31 - 1) * self.batch_steps:.3g}"
+            )
         if self.total_steps < self.batch_steps:
             raise ConfigError(
                 f"total_steps={self.total_steps} is below one update "
@@ -295,10 +305,6 @@ def _in_range(check: str, v: float) -> bool:
     }[check]
 
 
-def config_fields() -> list[dataclasses.Field]:
-    return list(dataclasses.fields(TrainConfig))
-
-
 def from_dict(data: dict[str, Any], *, base: TrainConfig | None = None, where: str = "config"):
     """A TrainConfig from a flat mapping (TOML tables are flattened: ``[ppo] lr`` = ``lr``)."""
     flat: dict[str, Any] = {}
@@ -328,6 +334,12 @@ def load_config(path: str | pathlib.Path, *, base: TrainConfig | None = None) ->
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {str(path)!r} is a directory; give a TOML file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r} is not text (binary?); give a TOML file") from None
+    except OSError as err:
+        raise ConfigError(f"config file {str(path)!r} cannot be read ({err.strerror})") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from None
     return from_dict(data, base=base, where=str(path))

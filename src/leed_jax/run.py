@@ -104,6 +104,15 @@ def resolve_config(argv: list[str] | None) -> tuple[TrainConfig, pathlib.Path | 
 
 
 def _say(msg: str) -> None:
+    """Progress for the user: from process 0 only (every process of a multi-process run
+    executes this file)."""
+    from leed_jax.parallel import is_writer
+
+    if is_writer():
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _error(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
@@ -160,9 +169,11 @@ def _demo_row(demo_path: pathlib.Path, demos, metric_names: list[str]) -> dict:
 def run(config: TrainConfig, resume_dir: pathlib.Path | None, export_dir: str | None = None) -> int:
     from leed_jax.envs.registry import make_env
     from leed_jax.io.plots import plot_learning_curves
-    from leed_jax.io.rundir import RunDir
-    from leed_jax.po.trainer import load_demo_buffer, resolve_demos, train
+    from leed_jax.io.rundir import RunDir, check_writable, lock_run_dir
+    from leed_jax.parallel import is_writer
+    from leed_jax.po.trainer import _mesh, load_demo_buffer, resolve_demos, train
 
+    check_writable(config.out)
     if export_dir:  # checked before anything is built or trained
         from leed_jax.envs import sumo_io
         from leed_jax.envs.registry import load_scenario
@@ -173,10 +184,14 @@ def run(config: TrainConfig, resume_dir: pathlib.Path | None, export_dir: str | 
         if scenario.tables["network"].get("kind", "grid") != "sumo" and not sumo_io.has_sumo():
             raise UsageError("--export-sumo needs SUMO's netconvert for this network: pip install 'leed_jax[sumo]'")
     env = make_env(config.scenario, num_agents=config.num_agents)
-    # A given buffer is checked before anything is written.
+    # A given buffer and the mesh are checked before anything is written.
     demos = load_demo_buffer(config.demos, env) if config.demos else None
+    _mesh(config, env)
     out = pathlib.Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    writer = is_writer()
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+        lock_run_dir(out)
     _say(f"run directory: {out}")
     if demos is None and config.algo in ("leed", "bc"):
         config = config.replace(demos=str(resolve_demos(config, env, out, _say)))
@@ -206,6 +221,8 @@ def run(config: TrainConfig, resume_dir: pathlib.Path | None, export_dir: str | 
         references["demonstrations"] = {
             "return": demo_row["return"], "mean_travel_time": demo_row.get("mean_travel_time")
         }
+    if not writer:
+        return 0
     if len(histories) > 1 or references:
         plot_learning_curves(histories, RunDir(out).plot_path, title=f"{env.name}, N={env.spec.num_agents}",
                              references=references)
@@ -236,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # DGError covers demo buffers that are missing or do not fit, and LLM provider failures.
     bad_input += (DGError,)
+    from leed_jax.io.checkpoint import CheckpointError
+    from leed_jax.io.rundir import RunDirError
+
+    bad_input += (CheckpointError, RunDirError)
     try:
         from leed_jax.parallel import MeshError
 
@@ -251,16 +272,16 @@ def main(argv: list[str] | None = None) -> int:
     except bad_input as err:
         if os.environ.get("LEED_DEBUG"):
             raise
-        _say(f"{PROG}: error: {err}")
+        _error(f"{PROG}: error: {err}")
         return 2
     except TrainingError as err:
-        _say(f"{PROG}: {err}")
+        _error(f"{PROG}: {err}")
         return 1
     except SumoError as err:  # training and its results are already saved
         _say(f"{PROG}: --export-sumo failed: {err}")
         return 1
     except KeyboardInterrupt:
-        _say(f"{PROG}: interrupted; continue with --resume {out}")
+        _error(f"{PROG}: interrupted; continue with --resume {out}")
         return 130
 
 

@@ -3,6 +3,10 @@
     python -m leed_jax.sweep --agents 10,100,1000 --algos leed,ippo --seeds 3 \
         [--scenario traffic-grid] [--total-steps 200000] [--config base.toml] --out DIR
 
+With ``--distributed`` (started by ``python -m leed_jax.launch`` or a cluster launcher) every
+cell runs as one program sharded over all processes' devices (``--mesh-data -1`` unless a mesh
+is given); process 0 alone writes the tables, the plot and the cells' run directories.
+
 Runs every (algo, N) cell of the grid with ``leed_jax.train`` (its seeds vmapped into one
 program), each in its own run directory ``DIR/cells/<algo>-n<N>``, and writes
 ``DIR/results.csv``, ``DIR/results.json`` and ``DIR/scaling.png`` (final return, mean travel
@@ -99,11 +103,18 @@ def run_sweep(
     """Run (or read back) every cell; write the tables and the plot; return the rows."""
     from leed_jax.dg.yardsticks import describe
     from leed_jax.io.checkpoint import has_checkpoint
+    from leed_jax.io.rundir import check_writable, lock_run_dir
+    from leed_jax.parallel import is_writer, sync
     from leed_jax.po.trainer import OutOfMemoryError, train
 
-    say = say or (lambda m: print(m, file=sys.stderr))
+    writer = is_writer()  # multi-process: every process runs every cell; process 0 writes
+    say = (say or (lambda m: print(m, file=sys.stderr))) if writer else (lambda m: None)
     out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+        lock_run_dir(out)
+    sync("leed_jax sweep directory")
     rows = []
     total = len(agents) * len(algos)
     for i, n in enumerate(agents):
@@ -128,8 +139,11 @@ def run_sweep(
                 say(f"{tag}: done in {time.perf_counter() - t0:.1f} s, return {summary['final_return']:.3f}"
                     + (f", {describe(summary)}" if describe(summary) else ""))
             rows.append(result_row(algo, n, cell, summary))
-            write_results(out, rows)
-    plot_scaling(rows, out / "scaling.png")
+            if writer:
+                write_results(out, rows)
+            sync("leed_jax sweep cell")  # the next cell's "finished?" reads the same files
+    if writer:
+        plot_scaling(rows, out / "scaling.png")
     return rows
 
 
@@ -220,8 +234,13 @@ def _int_list(text: str, what: str) -> list[int]:
     return values
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage block
+        raise ConfigError(message)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m leed_jax.sweep", description="Scaling sweep over N and algorithms.")
+    p = _Parser(prog="python -m leed_jax.sweep", description="Scaling sweep over N and algorithms.")
     p.add_argument("--agents", default="10,100,1000", help="comma-separated numbers of agents")
     p.add_argument("--algos", default="leed,ippo", help=f"comma-separated, from {', '.join(ALGOS)}")
     p.add_argument("--seeds", type=int, default=3, help="seeds per cell, vmapped into one program")
@@ -231,19 +250,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=None, help="base TrainConfig TOML for every cell")
     p.add_argument("--out", required=True, help="sweep directory (rerun to resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--mesh-data", type=int, default=None, help="devices on the data axis of every cell (-1: all)")
+    p.add_argument("--mesh-agent", type=int, default=None, help="devices on the agent axis of every cell")
+    p.add_argument("--distributed", action="store_true",
+                   help="join a multi-process run first (see python -m leed_jax.launch): every "
+                        "cell runs sharded over all processes' devices; process 0 writes")
     p.add_argument("--yardsticks", type=int, default=None,
                    help="traffic: evaluation episodes planned to user equilibrium / system optimum "
                         "per cell (0: off; default: the config's, -1 = $LEED_YARDSTICKS or 4)")
-    args = p.parse_args(argv)
     from leed_jax.envs.base import ScenarioError
+    from leed_jax.io.checkpoint import CheckpointError
+    from leed_jax.io.rundir import RunDirError
 
     try:
+        args = p.parse_args(argv)
+        if args.distributed:
+            from leed_jax.parallel import initialize_distributed
+
+            initialize_distributed()
         base = load_config(args.config) if args.config else TrainConfig()
         changes = {
             "seeds": args.seeds,
             "scenario": args.scenario,
             "total_steps": args.total_steps,
             "num_envs": args.num_envs,
+            "mesh_data": -1 if args.distributed and args.mesh_data is None else args.mesh_data,
+            "mesh_agent": args.mesh_agent,
             "yardsticks": args.yardsticks,
         }
         base = base.replace(**{k: v for k, v in changes.items() if v is not None})
@@ -259,10 +291,14 @@ def main(argv: list[str] | None = None) -> int:
         if bad or not algos:
             raise ConfigError(f"--algos: unknown {', '.join(bad) or 'none given'}; choose from {', '.join(ALGOS)}")
         rows = run_sweep(base, agents, algos, args.out)
-    except (ConfigError, ScenarioError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ConfigError, ScenarioError, FileNotFoundError, ValueError, CheckpointError,
+            RunDirError) as exc:
+        print(f"python -m leed_jax.sweep: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(rows))
+    from leed_jax.parallel import is_writer
+
+    if is_writer():
+        print(json.dumps(rows))
     return 0
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -170,7 +171,7 @@ def load_demos(path: str | Path, env=None) -> DemoBuffer:
     try:
         with np.load(file) as z:
             arrays = {k: z[k] for k in DemoBuffer._fields}
-    except (KeyError, ValueError, OSError) as e:
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise DemoBufferError(f"demo buffer {file}: unreadable or incomplete ({e})") from None
     buf = DemoBuffer(**arrays)
     n, m, _d = buf.obs.shape

@@ -24,8 +24,14 @@ import sys
 from pathlib import Path
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit 2, not the whole usage block
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _OneLineParser(
         prog="python -m leed_jax.demos",
         description="LEED demonstration generation: plans from an LLM or the built-in "
         "planner, executed in the env and saved as a demo buffer.",
@@ -173,6 +179,12 @@ def _main(parser: argparse.ArgumentParser, args) -> int:
             return 0
         if args.out is None:
             parser.error("--out is required (or --check BUFFER)")
+        from leed_jax.io.rundir import check_writable
+
+        # Before the generation is spent, not after it.
+        check_writable(args.out, "--out")
+        if args.cache_dir is not None:
+            check_writable(args.cache_dir, "--cache-dir")
         from leed_jax.dg.generate import DemoConfig, run_dg
 
         cfg = DemoConfig(

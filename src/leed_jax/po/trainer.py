@@ -722,17 +722,22 @@ def _first_nonfinite(metrics: dict, first_update: int) -> int | None:
 
 
 def resolve_demos(config: TrainConfig, env, out_dir: pathlib.Path, say=print):
-    """The demo buffer path of ``config`` (generated into ``out_dir/demos`` when unset)."""
+    """The demo buffer path of ``config`` (generated into ``out_dir/demos`` when unset; in a
+    multi-process run by process 0, the others wait for it and read the same files)."""
     if config.demos:
         return pathlib.Path(config.demos)
     from leed_jax.dg.buffer import read_demo_meta
     from leed_jax.dg.generate import generate_demos
+    from leed_jax.parallel import is_writer, sync
 
     overrides = {"num_agents": config.num_agents} if config.num_agents else None
-    path = generate_demos(
-        config.scenario, source="auto", model=config.model, out=out_dir / "demos",
-        seed=config.seed, overrides=overrides, progress=config.progress,
-    )
+    path = pathlib.Path(out_dir) / "demos"
+    if is_writer():
+        path = generate_demos(
+            config.scenario, source="auto", model=config.model, out=path,
+            seed=config.seed, overrides=overrides, progress=config.progress,
+        )
+    sync("leed_jax demos written")
     meta = read_demo_meta(path)
     source = meta.get("source", "?")
     how = f"LLM {meta.get('model')}" if source == "llm" else "the built-in planner (no LLM configured)"
@@ -768,12 +773,15 @@ def train(
     from leed_jax.io.checkpoint import Checkpointer, has_checkpoint
     from leed_jax.io.plots import plot_learning_curves
     from leed_jax.io.rundir import RunDir, default_run_dir
+    from leed_jax.parallel import broadcast_text, is_writer, sync, to_host
 
-    say = say or (lambda msg: print(msg, file=sys.stderr))
+    writer = is_writer()  # process 0 writes files and reports; the others only compute
+    say = (say or (lambda msg: print(msg, file=sys.stderr))) if writer else (lambda msg: None)
     t_start = time.perf_counter()
     config.validate()
     if config.out is None:
-        config = config.replace(out=str(default_run_dir(config.scenario, config.algo)))
+        out = str(default_run_dir(config.scenario, config.algo))
+        config = config.replace(out=broadcast_text(out))
     run = RunDir(config.out)
     ckpt_dir = run.checkpoint_dir
     if resume and not has_checkpoint(run.path):
@@ -789,43 +797,45 @@ def train(
         demos = load_demo_buffer(config.demos, env)
     if not resume:
         run.write_config(config)
-        if run.metrics_path.exists():
+        if writer and run.metrics_path.exists():
             run.metrics_path.unlink()
     trainer = make_train(config, env, demos)
     demo_arrays = None if not trainer.use_expert else jax.tree_util.tree_map(jnp.asarray, demos)
     mesh = _mesh(config, env)
 
-    state = trainer.seeds_init()(seed_keys(config))
+    state, demo_arrays = _init_state(trainer, config, demo_arrays, mesh)
     checkpointer = Checkpointer(ckpt_dir)
     prior_wall = 0.0
     if resume:
-        state, meta = checkpointer.restore(state)
+        state, meta = checkpointer.restore(state, say=say)
         prior_wall = float(meta.get("wall_s", 0.0))
         history = run.truncate_metrics(int(meta["update"]))
         say(f"resuming {run.path} from update {meta['update']}")
     else:
         history = []
     evaluate = trainer.seeds_evaluate()
+    # Where the state lives on the mesh (None: one device). The warm start and the evaluations
+    # may hand it back laid out otherwise; it is put back before the compiled chunk sees it.
+    shardings = None if mesh is None else jax.tree_util.tree_map(lambda x: x.sharding, state)
     if not resume:
         # The jump-start (leed, bc), then the evaluation at update 0: where each method starts.
         record = {"update": 0, "env_steps": config.warm_env_steps}
         if config.warm_start:
             state, warm = trainer.seeds_warm()(state, demo_arrays)
-            warm = jax.device_get(warm)
+            warm = to_host(warm)
             record.update({k: float(np.mean(v)) for k, v in warm.items()})
             say(f"warm start: {record['warm_steps']:.0f} steps, expert loss "
                 f"{record['warm_expert_loss_start']:.3f} -> {record['warm_expert_loss_end']:.3f}, "
                 f"greedy matches {100 * record['warm_demo_accuracy']:.1f} % of demo actions")
         state, ev = evaluate(state)
-        record.update(eval_record(config, jax.device_get(ev)))
+        record.update(eval_record(config, to_host(ev)))
         record["wall_s"] = round(time.perf_counter() - t_start, 3)
         run.append_metrics(record)
         history.append(record)
         if config.warm_start:
             checkpointer.save(0, state, {"update": 0, "wall_s": record["wall_s"]})
-    shardings = None
-    if mesh is not None:
-        state, demo_arrays, shardings = _place(state, demo_arrays, mesh, env.spec.num_agents)
+        if shardings is not None:
+            state = jax.device_put(state, shardings)
 
     def out_of_memory(where: str) -> OutOfMemoryError:
         advice = memory_advice(config, env.spec.num_agents, jax.device_count())
@@ -836,19 +846,28 @@ def train(
 
     t_compile = time.perf_counter()
     try:
-        compiled = trainer.seeds_chunk().lower(state, demo_arrays).compile()
+        chunk = trainer.seeds_chunk()
+        if mesh is not None:
+            # The state leaves the chunk placed as it came in: left to itself XLA may pick
+            # another sharding for an env leaf (MPE's global state), which the next call's
+            # compiled program then rejects.
+            placed = jax.tree_util.tree_map(lambda x: x.sharding, state)
+            chunk = jax.jit(jax.vmap(trainer.chunk, in_axes=(0, None)), donate_argnums=0,
+                            out_shardings=(placed, None))
+        compiled = chunk.lower(state, demo_arrays).compile()
     except jax.errors.JaxRuntimeError as exc:
         if is_out_of_memory(exc):
             raise out_of_memory("compiling the update") from None
         raise
     compile_s = time.perf_counter() - t_compile
+    sync("leed_jax update compiled")  # the processes start their collectives together
 
-    start_update = int(np.asarray(state.update)[0])
+    start_update = int(to_host(state.update)[0])
     done_chunks = start_update // config.chunk_updates
     remaining = config.num_chunks - done_chunks
     if max_chunks is not None:
         remaining = min(remaining, max_chunks)
-    progress = _Progress(config, start_update) if config.progress else None
+    progress = _Progress(config, start_update) if config.progress and writer else None
     t_loop = time.perf_counter()
     update = start_update
     ev = None  # the latest periodic evaluation (host numpy)
@@ -856,12 +875,7 @@ def train(
         for i in range(remaining):
             try:
                 state, metrics = compiled(state, demo_arrays)
-                if shardings is not None:
-                    # XLA may lay an output out differently from the input the program was
-                    # compiled for (MPE's global state [K, E, N*obs] gets split over 'agent');
-                    # put it back (a no-op for every leaf already in place).
-                    state = jax.device_put(state, shardings)
-                metrics = jax.device_get(metrics)
+                metrics = to_host(metrics)
             except jax.errors.JaxRuntimeError as exc:
                 if is_out_of_memory(exc):
                     raise out_of_memory(f"training (update {update})") from None
@@ -872,13 +886,13 @@ def train(
                 kept = f"last good checkpoint: update {last} in {ckpt_dir}" if last is not None \
                     else "no checkpoint was written before it"
                 raise TrainingError(f"NaN in the loss at update {bad}; stopped ({kept})")
-            before, update = update, int(np.asarray(state.update)[0])
+            before, update = update, int(to_host(state.update)[0])
             ev = None
             if eval_due(config, before, update):
                 state, ev = evaluate(state)
                 if shardings is not None:  # back to the layout the chunk was compiled for
                     state = jax.device_put(state, shardings)
-                ev = jax.device_get(ev)
+                ev = to_host(ev)
             wall = prior_wall + time.perf_counter() - t_start
             record = chunk_record(config, metrics, update, wall)
             if ev is not None:
@@ -904,7 +918,7 @@ def train(
     # The final evaluation: the periodic one at the last update (the same held-out episodes).
     if ev is None:
         state, ev = evaluate(state)
-    evaluation = jax.device_get(ev)
+    evaluation = to_host(ev)
     wall_s = prior_wall + time.perf_counter() - t_start
     summary = {
         "algo": config.algo,
@@ -923,6 +937,8 @@ def train(
         "eval_episodes": config.eval_envs,
         "eval_seed": config.eval_seed,
         "eval_greedy": config.eval_greedy,
+        "devices": 1 if mesh is None else int(mesh.devices.size),
+        "processes": jax.process_count(),
         # Episodes differ when the env draws each one (traffic with resampled demand, MPE);
         # greedy evaluation of a fixed-demand traffic scenario repeats one episode.
         "eval_distinct_episodes": bool(getattr(env, "resample", env.family != "traffic")),
@@ -946,14 +962,15 @@ def train(
     summary.update(for_evaluation(env, config.eval_seed, config.eval_envs, evaluation["metrics"],
                                   config.yardsticks, say=say if config.progress else None))
     run.write_summary(summary)
-    plot_learning_curves({config.algo: history}, run.plot_path,
-                         title=f"{env.name}: {config.algo}, N={env.spec.num_agents}")
+    if writer:
+        plot_learning_curves({config.algo: history}, run.plot_path,
+                             title=f"{env.name}: {config.algo}, N={env.spec.num_agents}")
     return TrainResult(config, run.path, state, summary, history, trainer)
 
 
 def _mesh(config: TrainConfig, env):
-    """The device mesh of ``config`` (None: one device, nothing to place)."""
-    if config.mesh_data == 1 and config.mesh_agent == 1:
+    """The device mesh of ``config`` (None: one device in one process, nothing to place)."""
+    if config.mesh_data == 1 and config.mesh_agent == 1 and jax.process_count() == 1:
         return None
     from leed_jax.parallel import check_fits, make_mesh
 
@@ -962,16 +979,33 @@ def _mesh(config: TrainConfig, env):
     return mesh
 
 
-def _place(state: TrainState, demos, mesh, num_agents: int):
-    """Put the state and the demonstrations on the mesh; the jitted chunk follows them.
-    Returns them and the state's shardings."""
+def _init_state(trainer: Trainer, config: TrainConfig, demos, mesh):
+    """The initial state (seed axis first) and the demonstrations, on the mesh when there is
+    one: the state is created where it lives (each device initialises its own agents' shard,
+    and in a multi-process run the init is one program of all processes, compiled once and
+    cached like the update); the jitted chunk follows the placement. Every leaf is strongly
+    typed (an env's Python-scalar field would be weak): a restored checkpoint is, and a
+    resumed run then reuses the update compiled for a fresh one (persistent compile cache)."""
+    keys = seed_keys(config)
+    if mesh is None:
+        return jax.jit(lambda k: _strong(trainer.seeds_init()(k)))(keys), demos
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
     from leed_jax.parallel import demo_shardings, train_state_shardings
 
-    shardings = train_state_shardings(state, mesh, num_agents)
-    state = jax.device_put(state, shardings)
+    n = trainer.num_agents
+    init = lambda k: _strong(jax.vmap(trainer.init)(k))
+    shardings = train_state_shardings(jax.eval_shape(init, keys), mesh, n)
+    keys = jax.device_put(np.asarray(keys), NamedSharding(mesh, P()))
+    state = jax.jit(init, out_shardings=shardings)(keys)
     if demos is not None:
-        demos = jax.device_put(demos, demo_shardings(demos, mesh, num_agents))
-    return state, demos, shardings
+        demos = jax.device_put(demos, demo_shardings(demos, mesh, n))
+    return state, demos
+
+
+def _strong(tree):
+    return jax.tree_util.tree_map(lambda x: jax.lax.convert_element_type(x, x.dtype), tree)
 
 
 class _Progress:
