@@ -42,8 +42,8 @@ horizon = 8
 ARGS = [
     "--num-envs", "4", "--num-steps", "4", "--total-steps", "32", "--num-minibatches", "1",
     "--update-epochs", "1", "--log-every", "1", "--eval-envs", "2", "--expert-batch-size", "8",
-    "--no-progress", "--mesh-data", "2", "--mesh-agent", "2",
-]  # 2 updates, a checkpoint after each
+    "--no-progress", "--mesh-data", "2", "--mesh-agent", "2", "--warm-start-steps", "0",
+]  # 2 updates, a checkpoint after each (no warm start: this test is about the processes)
 TIMEOUT = 180
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
@@ -150,7 +150,7 @@ def test_two_processes_train_like_one_survive_sigkill_and_only_process_0_writes(
         for name in ("config.toml", "metrics.jsonl", "summary.json", "learning_curve.png"):
             assert (out / name).is_file(), name
         updates = [json.loads(x)["update"] for x in (out / "metrics.jsonl").read_text().splitlines()]
-        assert updates == [1, 2]  # one writer: no duplicated or interleaved lines
+        assert updates == [0, 1, 2]  # one writer: no duplicated or interleaved lines (0: the start)
         assert checkpoint_steps(out / "checkpoints") == [1, 2]
         summary = json.loads((out / "summary.json").read_text())
         assert summary["finished"] and summary["env_steps"] == 32

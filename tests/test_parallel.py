@@ -18,7 +18,8 @@ TESTS = Path(__file__).parent
 
 def test_sharded_runs_match_unsharded():
     algo = "leed"  # PPO + expert loss: every part of the update is sharded
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    flags = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
     proc = subprocess.run(
         [sys.executable, str(TESTS / "_sharded_run.py"), algo],
         capture_output=True, text=True, timeout=400, env=env, check=False,

@@ -31,7 +31,7 @@ def test_sweep_runs_grid_and_resumes(tmp_path):
     assert [(r["algo"], r["num_agents"], r["seeds"]) for r in rows] == [("ippo", 4, 2), ("ippo", 6, 2)]
     assert any("resuming" in m and "N=6" in m for m in said)
     for r in rows:
-        assert r["env_steps"] == BASE.num_updates * BASE.batch_steps
+        assert r["env_steps"] == BASE.total_steps  # IPPO: no warm start uses up budget
         assert r["agent_steps_per_s"] > 0 and 0.0 <= r["arrival_rate"] <= 1.0
     with (out / "results.csv").open() as fh:
         table = list(csv.DictReader(fh))
@@ -89,7 +89,8 @@ def test_seeds_that_do_not_fit_run_one_by_one(tmp_path, monkeypatch):
     (row,) = run_sweep(BASE, [4], ["ippo"], tmp_path / "s", say=said.append)
     assert calls == [(2, 0), (1, 0), (1, 1)]
     assert any("one by one" in m for m in said)
-    assert row["seeds"] == 2 and row["env_steps"] == BASE.num_updates * BASE.batch_steps
+    assert row["seeds"] == 2
+    assert row["env_steps"] == BASE.total_steps  # IPPO: no warm start takes steps out of the budget
     summary = json.loads((cell_dir(tmp_path / "s", "ippo", 4) / "summary.json").read_text())
     assert summary["finished"] and len(summary["final_return_seeds"]) == 2
     assert summary["final_return"] == pytest.approx(sum(summary["final_return_seeds"]) / 2)
