@@ -36,6 +36,7 @@ import time
 import numpy as np
 
 from leed_jax.config import TrainConfig
+from leed_jax.dg.yardsticks import describe, summary_fields
 from leed_jax.envs.registry import make_env
 from leed_jax.io.plots import plot_learning_curves
 from leed_jax.po.trainer import train
@@ -255,6 +256,8 @@ def main(argv=None, **defaults) -> dict:
             **{m: s.get(m) for m in names},
             **{f"{m}_seeds": s.get(f"{m}_seeds") for m in names if s.get(f"{m}_seeds")},
             **{k: v for k, v in s.items() if k.startswith("warm_")},
+            # traffic: UE / SO yardsticks on the first evaluation episodes, and the gaps to them
+            **summary_fields(s),
             "train_return_at": {str(f): at_fraction(r.history, "return", f, args.total_steps)
                                 for f in FRACTIONS},
             "curve": curve,
@@ -268,7 +271,7 @@ def main(argv=None, **defaults) -> dict:
         (out / "partial.json").write_text(json.dumps(result))
         print(f"  {label}: final return {s['final_return']:.3f} (se {se:.3f})  "
               + "  ".join(f"{m} {s.get(m):.4g}" for m in names)
-              + f"  ({s['wall_s']:.0f} s)", file=sys.stderr, flush=True)
+              + f"  ({s['wall_s']:.0f} s)  {describe(s)}", file=sys.stderr, flush=True)
     result["targets"] = targets(result, args.total_steps)
     refs = {}
     if "demonstrations" in result:
