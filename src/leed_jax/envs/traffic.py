@@ -408,14 +408,7 @@ class TrafficEnv:
             counts = (tail - head).astype(jnp.float32)
             if queue:
                 # One entry per link per pass: the earliest candidate (then lowest index).
-                into = want & (nxt >= 0)
-                seg = jnp.where(into, nxt, e)
-                xmin = jax.ops.segment_min(jnp.where(into, x, inf), seg, e + 1)
-                first = into & (x <= xmin[seg])
-                imin = jax.ops.segment_min(jnp.where(first, idx, n), seg, e + 1)
-                winner = first & (idx == imin[seg])
-                space = counts[ns] < self._storage[ns]
-                cross = want & ((nxt < 0) | (winner & space))
+                into, space, cross = self._one_entry_per_link(want, nxt, ns, x, idx, n, counts)
                 blocked = jnp.where(cross, False, blocked | (into & ~space))
             else:
                 cross = want
@@ -573,14 +566,7 @@ class TrafficEnv:
             x = jnp.maximum(x, t0)
             want = (on | departing) & (x < t1)
             counts = (tail - head).astype(jnp.float32)
-            into = want & (nxt >= 0)
-            seg = jnp.where(into, nxt, e)
-            xmin = jax.ops.segment_min(jnp.where(into, x, jnp.inf), seg, e + 1)
-            first = into & (x <= xmin[seg])
-            imin = jax.ops.segment_min(jnp.where(first, cand, n), seg, e + 1)
-            winner = first & (cand == imin[seg])
-            space = counts[ns] < self._storage[ns]
-            cross = want & ((nxt < 0) | (winner & space))
+            into, space, cross = self._one_entry_per_link(want, nxt, ns, x, cand, n, counts)
             c_blocked = jnp.where(cross, False, c_blocked | (into & ~space))
             refused = refused.at[jnp.where(departing & into & ~space, ns, e)].set(True, mode="drop")
             leaving = cross & on
@@ -625,6 +611,21 @@ class TrafficEnv:
         blocked = blocked | ((status == AT_NODE) & refused[cs] & (chosen >= 0))
         return self._finish_step(s, status, node, link, prev, enter, ready, ticket, blocked, last_move, arrive, head,
                                  tail, free_at, decided)
+
+    def _one_entry_per_link(self, want, nxt, ns, x, ids, n: int, counts):
+        """One entry per link per pass, shared by both queue implementations: among the
+        candidates that ``want`` to move into link ``nxt`` (``-1``: arriving), the earliest
+        ``x`` wins (ties: the lowest id of ``ids``, ``n`` above all), if the link has space.
+        Returns ``(into, space, cross)``: heading into a link, that link has space, moves."""
+        e = self.network.num_links
+        into = want & (nxt >= 0)
+        seg = jnp.where(into, nxt, e)
+        xmin = jax.ops.segment_min(jnp.where(into, x, jnp.inf), seg, e + 1)
+        first = into & (x <= xmin[seg])
+        imin = jax.ops.segment_min(jnp.where(first, ids, n), seg, e + 1)
+        winner = first & (ids == imin[seg])
+        space = counts[ns] < self._storage[ns]
+        return into, space, want & ((nxt < 0) | (winner & space))
 
     def _move_rounded(self, s: TrafficState, chosen: jax.Array):
         """The original step-rounded BPR model (``link_model="step"``): decisions at a node,
