@@ -851,9 +851,8 @@ def train(
             # The state leaves the chunk placed as it came in: left to itself XLA may pick
             # another sharding for an env leaf (MPE's global state), which the next call's
             # compiled program then rejects.
-            placed = jax.tree_util.tree_map(lambda x: x.sharding, state)
             chunk = jax.jit(jax.vmap(trainer.chunk, in_axes=(0, None)), donate_argnums=0,
-                            out_shardings=(placed, None))
+                            out_shardings=(shardings, None))
         compiled = chunk.lower(state, demo_arrays).compile()
     except jax.errors.JaxRuntimeError as exc:
         if is_out_of_memory(exc):
