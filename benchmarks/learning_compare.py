@@ -39,7 +39,7 @@ from leed_jax.config import TrainConfig
 from leed_jax.dg.yardsticks import describe, summary_fields
 from leed_jax.envs.registry import make_env
 from leed_jax.io.plots import plot_learning_curves
-from leed_jax.po.trainer import train
+from leed_jax.po.loop import train
 
 FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 BAD = "leed(bad demos)"

@@ -98,7 +98,7 @@ def run_peer(module, base: dict, total_steps: int, seed: int) -> dict:
 
 def run_ours(total_steps: int, seed: int, share: bool) -> dict:
     from leed_jax.config import TrainConfig
-    from leed_jax.po.trainer import train
+    from leed_jax.po.loop import train
 
     cfg = TrainConfig(
         scenario="mpe-spread", algo="ippo", num_agents=N_AGENTS, total_steps=total_steps,

@@ -43,7 +43,8 @@ import optax
 import leed_jax
 from leed_jax.config import TrainConfig
 from leed_jax.po.gae import gae
-from leed_jax.po.trainer import chunk_record, make_train
+from leed_jax.po.loop import chunk_record
+from leed_jax.po.trainer import make_train
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from env_throughput import make_rollout

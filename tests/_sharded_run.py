@@ -10,7 +10,7 @@ import numpy as np
 
 from leed_jax.config import TrainConfig
 from leed_jax.dg.generate import generate_demos
-from leed_jax.po.trainer import train
+from leed_jax.po.loop import train
 
 assert len(jax.devices()) == 8, jax.devices()
 algo = sys.argv[1]

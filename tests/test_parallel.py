@@ -49,7 +49,7 @@ def test_mesh_errors_say_what_fits():
 
 def test_out_of_memory_advice_names_options_that_fit():
     from leed_jax.config import TrainConfig
-    from leed_jax.po.trainer import is_out_of_memory, memory_advice
+    from leed_jax.po.loop import is_out_of_memory, memory_advice
 
     assert is_out_of_memory(RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 8GiB"))
     assert not is_out_of_memory(RuntimeError("INVALID_ARGUMENT: shapes differ"))

@@ -17,7 +17,8 @@ from test_po_toy import ToyEnv, toy_demos
 
 from leed_jax.config import TrainConfig
 from leed_jax.io.checkpoint import Checkpointer
-from leed_jax.po.trainer import TrainingError, env_steps_at, make_train, seed_keys, train
+from leed_jax.po.loop import TrainingError, env_steps_at, train
+from leed_jax.po.trainer import make_train, seed_keys
 
 TESTS = Path(__file__).parent
 # One update per chunk and a checkpoint every 2: every test here runs the same compiled
@@ -128,7 +129,7 @@ def test_resume_after_sigkill_reaches_the_same_parameters(reference, tmp_path, c
         "from test_po_toy import ToyEnv, toy_demos\n"
         "from leed_jax.config import from_dict\n"
         "from leed_jax.io import rundir\n"
-        "from leed_jax.po.trainer import train\n"
+        "from leed_jax.po.loop import train\n"
         "append = rundir.RunDir.append_metrics\n"
         "def append_then_die(self, record):\n"
         "    append(self, record)\n"

@@ -12,8 +12,9 @@ from test_po_toy import ToyEnv, toy_demos
 
 from leed_jax.config import ConfigError, TrainConfig
 from leed_jax.po.gae import gae
+from leed_jax.po.loop import eval_due
 from leed_jax.po.rollout import Rollout
-from leed_jax.po.trainer import MiniBatchData, demo_accuracy, eval_due, make_train
+from leed_jax.po.trainer import MiniBatchData, demo_accuracy, make_train
 from leed_jax.types import Transition
 
 CFG = TrainConfig(
@@ -142,7 +143,7 @@ def test_advantages_are_normalised_per_agent_over_the_whole_update():
     state = _zeros_state(tr)
     state = state._replace(params=jax.device_get(jax.jit(tr.policy.init)(jax.random.PRNGKey(0))))
     ro = _fake_rollout(3, 16, 4, 3, env.spec.obs_dim, env.spec.num_actions)
-    data, *_ = jax.jit(tr.batch)(state, ro, np.zeros((4, 3), np.float32))
+    data = jax.jit(tr.batch)(ro, np.zeros((4, 3), np.float32))
     adv, dec = np.asarray(data.advantage), np.asarray(data.decision)
     for i in range(3):
         x = adv[dec[:, i], i]

@@ -66,9 +66,58 @@ def test_flags_and_toml_config_resolve_to_one_typed_config(tmp_path):
                                  actor_hidden=(32, 16), progress=False, out=str(tmp_path / "o"))
 
 
-def test_default_run_directory_is_named_after_scenario_and_algo():
-    config, _ = resolve_config(["--algo", "bc"])
-    assert config.out.startswith("runs/traffic-grid-bc-")
+def _fitting_demos(tmp_path, scenario, extra_agents=0):
+    from leed_jax.dg.buffer import DemoBuffer, save_demos
+    from leed_jax.envs.registry import make_env
+
+    spec = make_env(str(scenario)).spec
+    n, m, a = spec.num_agents + extra_agents, 4, spec.num_actions
+    buf = DemoBuffer(
+        obs=np.zeros((n, m, spec.obs_dim), np.float32), action=np.zeros((n, m), np.int32),
+        avail=np.ones((n, m, a), bool), valid=np.ones((n, m), bool),
+        agent_return=np.zeros(n, np.float32),
+    )
+    return save_demos(tmp_path / "demos", buf, {"scenario": {"name": "x", "family": "traffic"},
+                                                "source": "planner"})
+
+
+def test_the_main_job_assembles_its_run_once(tmp_path, tiny, monkeypatch):
+    """From the command line to the host loop: one validation, one env, one fit check of the
+    demo buffer, the default run directory named after the scenario and the method. The loop
+    is stopped as a Ctrl-C would, before anything compiles."""
+    import collections
+
+    import leed_jax.dg.buffer as buffer
+    import leed_jax.envs.registry as registry
+    import leed_jax.po.loop as loop
+
+    demos = _fitting_demos(tmp_path, tiny)
+    calls = collections.Counter()
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(registry, "make_env", counted("make_env", registry.make_env))
+    monkeypatch.setattr(buffer, "check_fits", counted("check_fits", buffer.check_fits))
+    monkeypatch.setattr(TrainConfig, "validate", counted("validate", TrainConfig.validate))
+    seen = []
+
+    def interrupt(prepared, **kwargs):
+        seen.append(prepared)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "run_prepared", interrupt)
+    monkeypatch.chdir(tmp_path)
+    assert main(["--scenario", str(tiny), "--algo", "bc", "--demos", str(demos)]) == 130
+    (prepared,) = seen
+    assert dict(calls) == {"make_env": 1, "validate": 1, "check_fits": 1}
+    out = prepared.config.out
+    assert out.startswith("runs/tiny-bc-") and not prepared.resume
+    assert (tmp_path / out / "config.toml").is_file()
+    assert prepared.demos.obs.shape[0] == prepared.env.spec.num_agents == 6
 
 
 @pytest.mark.parametrize(
@@ -94,18 +143,7 @@ def test_a_config_file_with_an_unknown_key_is_refused(capsys, tmp_path):
 
 
 def test_a_demo_buffer_that_does_not_fit_is_refused(capsys, tmp_path, tiny):
-    from leed_jax.dg.buffer import DemoBuffer, save_demos
-    from leed_jax.envs.registry import make_env
-
-    spec = make_env(str(tiny)).spec
-    n, m, a = spec.num_agents + 1, 4, spec.num_actions  # one agent too many
-    buf = DemoBuffer(
-        obs=np.zeros((n, m, spec.obs_dim), np.float32), action=np.zeros((n, m), np.int32),
-        avail=np.ones((n, m, a), bool), valid=np.ones((n, m), bool),
-        agent_return=np.zeros(n, np.float32),
-    )
-    path = save_demos(tmp_path / "demos", buf, {"scenario": {"name": "x", "family": "traffic"},
-                                                "source": "planner"})
+    path = _fitting_demos(tmp_path, tiny, extra_agents=1)  # one agent too many
     _error(capsys, ["--scenario", str(tiny), "--demos", str(path), "--out", str(tmp_path / "o")],
            "num_agents 7 in the buffer vs 6")
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from leed_jax.config import TrainConfig
-from leed_jax.po.trainer import train
+from leed_jax.po.loop import train
 from leed_jax.sweep import cell_dir, main, run_sweep
 
 BASE = TrainConfig(
@@ -73,18 +73,18 @@ def test_sweep_cli_module_exit_status(tmp_path):
 
 
 def test_seeds_that_do_not_fit_run_one_by_one(tmp_path, monkeypatch):
-    import leed_jax.po.trainer as trainer_mod
+    import leed_jax.po.loop as loop_mod
 
-    real_train = trainer_mod.train
+    real_train = loop_mod.train
     calls = []
 
     def train_without_room_for_vmapped_seeds(cfg, **kw):
         calls.append((cfg.seeds, cfg.seed))
         if cfg.seeds > 1:
-            raise trainer_mod.OutOfMemoryError("out of device memory (simulated)")
+            raise loop_mod.OutOfMemoryError("out of device memory (simulated)")
         return real_train(cfg, **kw)
 
-    monkeypatch.setattr(trainer_mod, "train", train_without_room_for_vmapped_seeds)
+    monkeypatch.setattr(loop_mod, "train", train_without_room_for_vmapped_seeds)
     said = []
     (row,) = run_sweep(BASE, [4], ["ippo"], tmp_path / "s", say=said.append)
     assert calls == [(2, 0), (1, 0), (1, 1)]

@@ -9,6 +9,7 @@ litellm or jaxmarl unless they are used):
     generate_demos(...)                      DG stage: expert demonstrations → demo buffer
     load_demos(path, env=None)               read (and check) a demo buffer
     train(config)                            PO stage: LEED / IPPO / MAPPO / BC
+    prepare(config)                          a run assembled once (run dir, env, demos, mesh)
     TrainConfig                              the typed config shared by CLI, TOML and library
 """
 
@@ -33,7 +34,8 @@ _EXPORTS = {
     "load_demos": "leed_jax.dg.buffer",
     "save_demos": "leed_jax.dg.buffer",
     "sample_demos": "leed_jax.dg.buffer",
-    "train": "leed_jax.po.trainer",
+    "train": "leed_jax.po.loop",
+    "prepare": "leed_jax.po.prepare",
     "TrainConfig": "leed_jax.config",
 }
 

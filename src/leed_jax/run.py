@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(argv: list[str] | None) -> tuple[TrainConfig, pathlib.Path | None]:
-    """The config of a command line, validated; and the run directory to resume, if any."""
+    """The config of a command line and the run directory to resume, if any (``prepare``
+    validates the config and resolves the default run directory)."""
     args = vars(build_parser().parse_args(argv))
     if args.pop("distributed", False):
         from leed_jax.parallel import initialize_distributed
@@ -84,22 +85,13 @@ def resolve_config(argv: list[str] | None) -> tuple[TrainConfig, pathlib.Path | 
         resume_dir = pathlib.Path(resume)
         if not (resume_dir / "config.toml").is_file():
             raise FileNotFoundError(f"no run to resume in {resume_dir} (no config.toml)")
-        from leed_jax.io.checkpoint import has_checkpoint
-
-        if not has_checkpoint(resume_dir):
-            raise FileNotFoundError(f"no checkpoint to resume in {resume_dir}")
         extra = sorted(set(args) - _RESUME_OK)
         if config_file or extra:
             names = ", ".join(["--config"] * bool(config_file) + ["--" + e.replace("_", "-") for e in extra])
             raise UsageError(f"--resume continues a run with its own config; drop {names}")
         config = load_config(resume_dir / "config.toml").replace(out=str(resume_dir), **args)
-        return config.validate(), resume_dir
+        return config, resume_dir
     config = (load_config(config_file) if config_file else TrainConfig()).replace(**args)
-    config.validate()
-    if config.out is None:
-        from leed_jax.io.rundir import default_run_dir
-
-        config = config.replace(out=str(default_run_dir(config.scenario, config.algo)))
     return config, None
 
 
@@ -167,13 +159,8 @@ def _demo_row(demo_path: pathlib.Path, demos, metric_names: list[str]) -> dict:
 
 
 def run(config: TrainConfig, resume_dir: pathlib.Path | None, export_dir: str | None = None) -> int:
-    from leed_jax.envs.registry import make_env
-    from leed_jax.io.plots import plot_learning_curves
-    from leed_jax.io.rundir import RunDir, check_writable, lock_run_dir
-    from leed_jax.parallel import is_writer
-    from leed_jax.po.trainer import _mesh, load_demo_buffer, resolve_demos, train
+    from leed_jax.po.prepare import prepare
 
-    check_writable(config.out)
     if export_dir:  # checked before anything is built or trained
         from leed_jax.envs import sumo_io
         from leed_jax.envs.registry import load_scenario
@@ -183,29 +170,31 @@ def run(config: TrainConfig, resume_dir: pathlib.Path | None, export_dir: str | 
             raise UsageError(f"--export-sumo needs a traffic scenario; {config.scenario!r} is {scenario.family}")
         if scenario.tables["network"].get("kind", "grid") != "sumo" and not sumo_io.has_sumo():
             raise UsageError("--export-sumo needs SUMO's netconvert for this network: pip install 'leed_jax[sumo]'")
-    env = make_env(config.scenario, num_agents=config.num_agents)
-    # A given buffer and the mesh are checked before anything is written.
-    demos = load_demo_buffer(config.demos, env) if config.demos else None
-    _mesh(config, env)
-    out = pathlib.Path(config.out)
+    # The one assembly of the run: validation, run directory, resume, env, demos, mesh.
+    prepared = prepare(config, resume=resume_dir is not None, say=_say)
+    try:
+        return _train_and_report(prepared, export_dir)
+    except KeyboardInterrupt:
+        _error(f"{PROG}: interrupted; continue with --resume {prepared.run.path}")
+        return 130
+
+
+def _train_and_report(prepared, export_dir: str | None) -> int:
+    from leed_jax.io.plots import plot_learning_curves
+    from leed_jax.io.rundir import RunDir
+    from leed_jax.parallel import is_writer
+    from leed_jax.po.loop import run_prepared, train
+
+    config, env, demos, out = prepared.config, prepared.env, prepared.demos, prepared.run.path
     writer = is_writer()
-    if writer:
-        out.mkdir(parents=True, exist_ok=True)
-        lock_run_dir(out)
-    _say(f"run directory: {out}")
-    if demos is None and config.algo in ("leed", "bc"):
-        config = config.replace(demos=str(resolve_demos(config, env, out, _say)))
-        demos = load_demo_buffer(config.demos, env)
-    result = train(config, env=env, demos=demos, resume=resume_dir is not None, say=_say)
+    result = run_prepared(prepared)
     summaries = {config.algo: result.summary}
     histories = {config.algo: result.history}
     if config.compare and config.algo != "ippo":
-        sub = config.replace(algo="ippo", out=str(out / "compare-ippo"), compare=False)
-        from leed_jax.io.checkpoint import has_checkpoint
-
-        sub_resume = resume_dir is not None and has_checkpoint(out / "compare-ippo")
+        sub = config.replace(algo="ippo", out=str(out / "compare-ippo"), compare=False,
+                             demos=None)
         _say(f"training IPPO on the same budget for comparison -> {sub.out}")
-        ippo = train(sub, env=env, resume=sub_resume, say=_say)
+        ippo = train(sub, env=env, resume="auto" if prepared.resume else False, say=_say)
         summaries["ippo"] = ippo.summary
         histories["ippo"] = ippo.history
 
@@ -244,15 +233,13 @@ def run(config: TrainConfig, resume_dir: pathlib.Path | None, export_dir: str | 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from leed_jax.dg.errors import DGError
     from leed_jax.envs.base import ScenarioError
     from leed_jax.envs.sumo_io import SumoError
-    from leed_jax.po.trainer import DemoMismatchError, TrainingError
-
-    bad_input = (UsageError, ConfigError, ScenarioError, DemoMismatchError, FileNotFoundError)
-    from leed_jax.dg.errors import DGError
+    from leed_jax.po.loop import TrainingError
 
     # DGError covers demo buffers that are missing or do not fit, and LLM provider failures.
-    bad_input += (DGError,)
+    bad_input = (UsageError, ConfigError, ScenarioError, DGError, FileNotFoundError)
     from leed_jax.io.checkpoint import CheckpointError
     from leed_jax.io.rundir import RunDirError
 

@@ -102,10 +102,9 @@ def run_sweep(
 ) -> list[dict]:
     """Run (or read back) every cell; write the tables and the plot; return the rows."""
     from leed_jax.dg.yardsticks import describe
-    from leed_jax.io.checkpoint import has_checkpoint
     from leed_jax.io.rundir import check_writable, lock_run_dir
     from leed_jax.parallel import is_writer, sync
-    from leed_jax.po.trainer import OutOfMemoryError, train
+    from leed_jax.po import loop
 
     writer = is_writer()  # multi-process: every process runs every cell; process 0 writes
     say = (say or (lambda m: print(m, file=sys.stderr))) if writer else (lambda m: None)
@@ -125,13 +124,13 @@ def run_sweep(
             if summary is not None:
                 say(f"{tag}: finished earlier, read from {cell}")
             else:
-                resume = has_checkpoint(cell)
-                say(f"{tag}: {'resuming' if resume else 'training'} in {cell}")
                 t0 = time.perf_counter()
                 cfg = base.replace(algo=algo, num_agents=n, out=str(cell), compare=False)
+                cell_say = lambda m, tag=tag: say(f"{tag}: {m}")
                 try:
-                    summary = train(cfg, resume=resume, say=say).summary
-                except OutOfMemoryError as exc:
+                    # One assembly per cell (prepare): resumed from its checkpoint if it has one.
+                    summary = loop.train(cfg, resume="auto", say=cell_say).summary
+                except loop.OutOfMemoryError as exc:
                     if cfg.seeds == 1:
                         raise
                     say(f"{tag}: {cfg.seeds} vmapped seeds do not fit ({exc}); running them one by one")
@@ -150,8 +149,7 @@ def run_sweep(
 def _seeds_one_by_one(cfg: TrainConfig, cell: pathlib.Path, say) -> dict:
     """Run the seeds of a cell as separate runs (``cell/seed-k``) and merge their summaries
     into ``cell/summary.json``: used when the vmapped seeds do not fit in memory."""
-    from leed_jax.io.checkpoint import has_checkpoint
-    from leed_jax.po.trainer import train
+    from leed_jax.po import loop
 
     parts = []
     for k in range(cfg.seeds):
@@ -159,7 +157,7 @@ def _seeds_one_by_one(cfg: TrainConfig, cell: pathlib.Path, say) -> dict:
         done = _finished(sub)
         if done is None:
             one = cfg.replace(seeds=1, seed=cfg.seed + k, out=str(sub))
-            done = train(one, resume=has_checkpoint(sub), say=say).summary
+            done = loop.train(one, resume="auto", say=say).summary
         parts.append(done)
     merged = dict(parts[0])
     for key, value in parts[0].items():

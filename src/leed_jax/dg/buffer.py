@@ -161,8 +161,7 @@ def read_demo_meta(path: str | Path) -> dict:
 def load_demos(path: str | Path, env=None) -> DemoBuffer:
     """Read a demo buffer (numpy arrays). With ``env``, check that it fits: the number of
     agents, the observation size and the number of actions must match; every difference is
-    named in one ``DemoBufferError``. A different scenario hash with matching sizes only warns
-    (e.g. another demand seed)."""
+    named in one ``DemoBufferError`` (``check_fits``)."""
     root = _dir(path)
     meta = read_demo_meta(root)
     file = root / ARRAYS_FILE
@@ -182,11 +181,16 @@ def load_demos(path: str | Path, env=None) -> DemoBuffer:
             raise DemoBufferError(f"demo buffer {file}: {k} has shape "
                                   f"{getattr(buf, k).shape}, expected {shape}")
     if env is not None:
-        check_fits(buf, meta, env, where=str(root))
+        check_fits(buf, env, meta, where=str(root))
     return buf
 
 
-def check_fits(buf: DemoBuffer, meta: dict, env, where: str = "demo buffer") -> None:
+def check_fits(buf: DemoBuffer, env, meta: dict | None = None, where: str = "the demo buffer") -> None:
+    """Raise ``DemoBufferError`` unless ``buf`` fits ``env``: the number of agents, the
+    observation size and the number of actions (and, with ``meta``, the env family) must
+    match; every difference is named in one line. The one fit check of a buffer, whether it
+    was read from a file (``load_demos``) or handed to ``make_train``/``prepare``. A different
+    scenario hash with matching sizes only warns (e.g. another demand seed)."""
     spec = env.spec
     have = {"num_agents": buf.obs.shape[0], "obs_dim": buf.obs.shape[2],
             "num_actions": buf.avail.shape[2]}
@@ -194,14 +198,15 @@ def check_fits(buf: DemoBuffer, meta: dict, env, where: str = "demo buffer") -> 
             "num_actions": spec.num_actions}
     diffs = [f"{k} {have[k]} in the buffer vs {want[k]} in the scenario"
              for k in have if have[k] != want[k]]
-    scen = meta.get("scenario", {})
+    scen = (meta or {}).get("scenario", {})
     family = getattr(env, "family", None)
     if scen.get("family") and family and scen["family"] != family:
         diffs.insert(0, f"family {scen['family']!r} in the buffer vs {family!r}")
     if diffs:
         name = getattr(env, "name", "?")
+        made_for = f" (scenario {scen.get('name')!r})" if meta is not None else ""
         raise DemoBufferError(
-            f"{where} (scenario {scen.get('name')!r}) does not fit scenario {name!r}: "
+            f"{where}{made_for} does not fit scenario {name!r}: "
             + "; ".join(diffs) + "; regenerate it with python -m leed_jax.demos --scenario "
             + f"{name}")
     mine = getattr(getattr(env, "scenario", None), "hash", None)

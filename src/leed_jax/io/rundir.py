@@ -109,9 +109,9 @@ class RunDir:
         return self.path / "learning_curve.png"
 
     def create(self) -> RunDir:
-        """Make the directory and take its writer lock (process 0 only)."""
+        """Make the directory and take its writer lock (process 0 only; ``check_writable``
+        first, before any work is spent: ``prepare`` does)."""
         if self.writer:
-            check_writable(self.path)
             self.path.mkdir(parents=True, exist_ok=True)
             lock_run_dir(self.path)
         return self

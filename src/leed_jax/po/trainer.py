@@ -1,8 +1,9 @@
 """The PO stage: one trainer for LEED, IPPO, MAPPO and BC.
 
-``make_train(config, env, demos)`` builds a ``Trainer`` whose ``update(state) -> (state,
-metrics)`` is pure and jit-able: a rollout (``lax.scan``), GAE, and epochs of minibatch updates
-of every agent's own loss
+``make_train(config, env, demos)`` builds a ``Trainer`` whose ``update(state, demos) ->
+(state, metrics)`` is pure and jit-able (``chunk`` scans it; ``demos`` is the ``DemoBuffer``,
+passed as an argument so that one compiled program serves every buffer): a rollout
+(``lax.scan``), GAE, and epochs of minibatch updates of every agent's own loss
 
     L_i = PPO_i  +  w_i(t) · E_i,      E_i = −log π_i(a_demo | o_demo) on agent i's demos,
 
@@ -13,71 +14,35 @@ on agent i's data only). The methods are options of this one trainer:
     mappo  PPO with a centralised critic         bc     expert loss only
            (own obs + the env's global state)
 
-``train(config)`` is the host loop around it: it runs chunks of updates as one compiled
-program (vmapped over ``--seeds``), and only between chunks touches files, progress, logs and
-checkpoints.
+The weight ``w_i(t)`` and the return statistics it reads are the schedule's
+(``leed_jax.po.schedules``). This module is the compiled program only: ``prepare``
+(``leed_jax.po.prepare``) assembles a run once, and the host loop (``leed_jax.po.loop``:
+``train``) compiles chunks of updates, runs them, and between chunks touches files,
+progress, logs and checkpoints.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import pathlib
-import sys
-import time
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from leed_jax.config import TrainConfig
-from leed_jax.dg.buffer import sample_demos
+from leed_jax.dg.buffer import check_fits, sample_demos
+from leed_jax.dg.errors import DemoBufferError
 from leed_jax.po.expert import expert_loss
 from leed_jax.po.gae import gae
 from leed_jax.po.networks import ActorCritic, Params, critic_input
 from leed_jax.po.optim import Optimizer, make_optimizer, per_agent_norm
 from leed_jax.po.ppo import masked_mean, normalize_advantage, ppo_terms
 from leed_jax.po.rollout import EnvCarry, reset_envs, rollout
-from leed_jax.po.schedules import ScheduleParams, expert_weight
+from leed_jax.po.schedules import ScheduleParams, expert_weight, observe_returns, schedule_of
 
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (one-line message), e.g. a NaN in the loss."""
-
-
-class OutOfMemoryError(TrainingError):
-    """The run does not fit in device memory; the message says which options would."""
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    text = str(exc)
-    return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
-
-
-def memory_advice(config: TrainConfig, num_agents: int, num_devices: int) -> str:
-    """One line: the batch, seed and sharding options that shrink a run's memory per device."""
-    tips = []
-    if config.num_envs > 1:
-        tips.append(f"--num-envs {max(1, config.num_envs // 2)} (now {config.num_envs})")
-    if config.seeds > 1:
-        tips.append(f"--seeds 1 and run seeds one by one (now {config.seeds} in one program)")
-    free = num_devices // max(1, config.mesh_data * config.mesh_agent)
-    if free > 1:
-        agent_fits = [k for k in range(2, free + 1) if num_agents % k == 0]
-        if agent_fits and not config.share_params:
-            tips.append(f"--mesh-agent {agent_fits[-1]} (split the agents' networks over devices)")
-        data_fits = [k for k in range(2, free + 1) if config.num_envs % k == 0]
-        if data_fits:
-            tips.append(f"--mesh-data {data_fits[-1]} (split the env batch over devices)")
-    if not config.share_params:
-        tips.append("--share-params (one network for all agents)")
-    return "; ".join(tips)
-
-
-class DemoMismatchError(ValueError):
-    """A demo buffer that does not fit the env (one-line message)."""
+# The trainer's former name for a buffer that does not fit; one error type now.
+DemoMismatchError = DemoBufferError
 
 
 class TrainState(NamedTuple):
@@ -117,19 +82,6 @@ def _wrap_autoreset(env):
     return env if isinstance(env, AutoResetWrapper) else AutoResetWrapper(env)
 
 
-def check_demos(demos, env) -> None:
-    """Raise ``DemoMismatchError`` unless the buffer's shapes fit ``env``."""
-    spec = env.spec
-    n, _, d = demos.obs.shape
-    a = demos.avail.shape[-1]
-    if (n, d, a) != (spec.num_agents, spec.obs_dim, spec.num_actions):
-        raise DemoMismatchError(
-            f"the demo buffer (agents={n}, obs_dim={d}, actions={a}) does not fit scenario "
-            f"{env.name!r} (agents={spec.num_agents}, obs_dim={spec.obs_dim}, "
-            f"actions={spec.num_actions}); generate demos for this scenario or drop --demos"
-        )
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class Trainer:
     """Static parts of a run; ``init``/``update``/``chunk``/``evaluate`` are pure functions
@@ -144,6 +96,41 @@ class Trainer:
     use_ppo: bool
     use_expert: bool
     full_demos: bool = False  # the expert loss uses the whole demo buffer (see sample_demo)
+
+    @classmethod
+    def build(cls, config: TrainConfig, env, demos=None) -> Trainer:
+        """The trainer of ``config`` for ``env`` (wrapped in ``AutoResetWrapper`` unless it
+        is), without checks: the caller has validated ``config`` and fitted ``demos`` to
+        ``env`` (``make_train`` and ``prepare`` do, once)."""
+        env = _wrap_autoreset(env)
+        spec = env.spec
+        use_expert = config.algo in ("leed", "bc")
+        centralised = config.algo == "mappo"
+        policy = ActorCritic(
+            num_agents=spec.num_agents,
+            obs_dim=spec.obs_dim,
+            num_actions=spec.num_actions,
+            critic_dim=spec.obs_dim + (spec.global_state_dim if centralised else 0),
+            actor_hidden=tuple(config.actor_hidden),
+            critic_hidden=tuple(config.critic_hidden),
+            share=config.share_params,
+            embed_dim=config.agent_embed_dim,
+        )
+        lr: Any = config.lr
+        if config.anneal_lr:
+            steps = config.num_updates * config.update_epochs * config.num_minibatches
+            lr = optax.linear_schedule(config.lr, 0.0, steps)
+        return cls(
+            config=config,
+            env=env,
+            policy=policy,
+            optimizer=make_optimizer(lr, config.max_grad_norm, per_agent=not config.share_params),
+            schedule=schedule_of(config),
+            centralised=centralised,
+            use_ppo=config.algo != "bc",
+            use_expert=use_expert,
+            full_demos=use_expert and demos.obs.shape[1] <= config.expert_batch_size,
+        )
 
     @property
     def num_agents(self) -> int:
@@ -189,7 +176,7 @@ class Trainer:
         if self.use_expert:
             d_obs, d_action, d_avail, d_weight = (jnp.swapaxes(x, 0, 1) for x in demo)  # [B, N]
             d_logits = self.policy.logits(params, d_obs, d_avail)
-            if self.use_ppo and c.expert_schedule == "qfilter":
+            if self.schedule.kind == "qfilter":
                 d_weight, kept = self.qfilter(params, teacher, d_obs, d_weight)
             ex = expert_loss(d_logits, d_action, d_weight)
             per_agent += weight * ex
@@ -212,14 +199,12 @@ class Trainer:
         return d_weight * keep, kept
 
     def expert_weights(self, state: TrainState, demo_return: jax.Array | None) -> jax.Array:
-        n = self.num_agents
-        if not self.use_expert:
-            return jnp.zeros((n,), jnp.float32)
-        if not self.use_ppo:  # bc: imitation is all there is
-            return jnp.full((n,), self.config.expert_weight, jnp.float32)
+        """The schedule's weight ``[N]`` at ``state``: ``greedy`` reads the latest greedy
+        evaluation, the others the training-return EMA (``demo_return [N]``, None without
+        demonstrations)."""
         progress = state.update.astype(jnp.float32) / self.config.num_updates
-        if self.config.expert_schedule == "greedy":
-            seen = jnp.broadcast_to(state.eval_seen, (n,))
+        if self.schedule.kind == "greedy":
+            seen = jnp.broadcast_to(state.eval_seen, (self.num_agents,))
             return expert_weight(self.schedule, progress, state.eval_return, seen, demo_return)
         return expert_weight(
             self.schedule, progress, state.return_ema, state.return_seen, demo_return
@@ -238,29 +223,15 @@ class Trainer:
         last_value = self.policy.value(state.params, critic_input(carry.obs, last_gs))
         return carry, ro, last_value
 
-    def batch(self, state: TrainState, ro, last_value, demos=None):
-        """GAE, the adaptive schedule's return EMA and the expert weights -> ``(data,
-        weight [N], return_ema [N], return_seen [N])``, data flattened to ``[S, N, ...]``."""
+    def batch(self, ro, last_value) -> MiniBatchData:
+        """GAE and standardised advantages -> the update's samples, flattened to
+        ``[S, N, ...]``."""
         c = self.config
         tr = ro.transition
         advantage, target = gae(
             tr.reward, ro.value, tr.done, last_value, discount_per_step(c, self.env), c.gae_lambda,
             bootstrap=ro.bootstrap,
         )
-
-        # Own episodic returns: per-episode statistics and the EMA of the adaptive schedule.
-        ends = ro.episode_end.astype(jnp.float32)  # [T, E]
-        n_end = ends.sum()
-        agent_mean = ro.episode_return.sum((0, 1)) / jnp.maximum(n_end, 1.0)  # [N]
-        ema = jnp.where(
-            state.return_seen,
-            state.return_ema + c.expert_return_ema * (agent_mean - state.return_ema),
-            agent_mean,
-        )
-        return_ema = jnp.where(n_end > 0, ema, state.return_ema)
-        return_seen = state.return_seen | (n_end > 0)
-        demo_return = None if demos is None else demos.agent_return.astype(jnp.float32)
-        weight = self.expert_weights(state, demo_return)
 
         flat = lambda x: x.reshape((-1,) + x.shape[2:])
         # Each agent's advantages standardised over its decision steps of the whole update,
@@ -273,7 +244,7 @@ class Trainer:
             target=flat(target), decision=flat(tr.decision),
             global_state=None if ro.global_state is None else flat(ro.global_state),
         )
-        return data, weight, return_ema, return_seen
+        return data
 
     def shuffle(self, data: MiniBatchData, key: jax.Array) -> MiniBatchData:
         """One epoch's minibatches: a permutation of the samples -> ``[M, B, N, ...]``."""
@@ -315,7 +286,12 @@ class Trainer:
         c = self.config
         rng, _, k_epochs = jax.random.split(state.rng, 3)
         carry, ro, last_value = self.collect(state)
-        data, weight, return_ema, return_seen = self.batch(state, ro, last_value, demos)
+        data = self.batch(ro, last_value)
+        demo_return = None if demos is None else demos.agent_return.astype(jnp.float32)
+        weight = self.expert_weights(state, demo_return)  # at the state before this update
+        return_ema, return_seen = observe_returns(
+            self.schedule, state.return_ema, state.return_seen, ro.episode_return, ro.episode_end
+        )
 
         def minibatch_step(carry, xs):
             mb, key = xs
@@ -474,7 +450,7 @@ class Trainer:
             s, opt_state = carry
             s = s._replace(rng=k)
             env_carry, ro, last_value = self.collect(s)
-            data, *_ = self.batch(s, ro, last_value, demos)
+            data = self.batch(ro, last_value)
             k_epochs = jax.random.split(jax.random.fold_in(k, 1), c.warm_critic_epochs)
             (params, opt_state), losses = jax.lax.scan(
                 lambda cr, ke: jax.lax.scan(mb_step, cr, self.shuffle(data, ke)),
@@ -557,18 +533,6 @@ def demo_accuracy(policy: ActorCritic, params: Params, demos) -> jax.Array:
     return hit.sum() / jnp.maximum(valid.sum(), 1)
 
 
-def ci95(values) -> float:
-    """Half-width of the 95 % confidence interval of the mean of ``values`` (Student t;
-    0 for fewer than two values)."""
-    from scipy.stats import t as student_t
-
-    v = np.asarray(values, float).ravel()
-    v = v[np.isfinite(v)]
-    if len(v) < 2:
-        return 0.0
-    return float(student_t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
-
-
 def discount_per_step(config: TrainConfig, env) -> float:
     """γ per env step: ``gamma ** (dt / gamma_seconds)`` for envs with a clock (traffic:
     ``env.step_seconds``), so that scenarios with different dt look equally far ahead in
@@ -581,66 +545,14 @@ def discount_per_step(config: TrainConfig, env) -> float:
 
 def make_train(config: TrainConfig, env, demos=None) -> Trainer:
     """Build the trainer of ``config`` for ``env`` (wrapped in ``AutoResetWrapper`` if it is
-    not already). ``demos`` (a ``DemoBuffer``) is needed by ``leed`` and ``bc``."""
+    not already). ``demos`` (a ``DemoBuffer``) is needed by ``leed`` and ``bc``. Validates
+    ``config`` and checks that ``demos`` fits ``env`` (``DemoBufferError``)."""
     config.validate()
-    env = _wrap_autoreset(env)
-    spec = env.spec
-    use_expert = config.algo in ("leed", "bc")
-    if use_expert:
+    if config.algo in ("leed", "bc"):
         if demos is None:
-            raise DemoMismatchError(f"algo {config.algo!r} needs demonstrations (--demos PATH)")
-        check_demos(demos, env)
-    centralised = config.algo == "mappo"
-    policy = ActorCritic(
-        num_agents=spec.num_agents,
-        obs_dim=spec.obs_dim,
-        num_actions=spec.num_actions,
-        critic_dim=spec.obs_dim + (spec.global_state_dim if centralised else 0),
-        actor_hidden=tuple(config.actor_hidden),
-        critic_hidden=tuple(config.critic_hidden),
-        share=config.share_params,
-        embed_dim=config.agent_embed_dim,
-    )
-    lr: Any = config.lr
-    if config.anneal_lr:
-        steps = config.num_updates * config.update_epochs * config.num_minibatches
-        lr = optax.linear_schedule(config.lr, 0.0, steps)
-    return Trainer(
-        config=config,
-        env=env,
-        policy=policy,
-        optimizer=make_optimizer(lr, config.max_grad_norm, per_agent=not config.share_params),
-        schedule=ScheduleParams(
-            kind=config.expert_schedule,
-            weight=config.expert_weight,
-            decay_frac=config.expert_decay_frac,
-            half_life_frac=config.expert_half_life_frac,
-            adaptive_tol=config.expert_adaptive_tol,
-        ),
-        centralised=centralised,
-        use_ppo=config.algo != "bc",
-        use_expert=use_expert,
-        full_demos=use_expert and demos.obs.shape[1] <= config.expert_batch_size,
-    )
-
-
-# ====================================================================== host loop
-
-
-@dataclasses.dataclass
-class TrainResult:
-    """What ``train`` returns. Arrays carry a leading seed axis ``[K]``."""
-
-    config: TrainConfig
-    out_dir: pathlib.Path
-    state: TrainState
-    summary: dict
-    history: list[dict]
-    trainer: Trainer
-
-    @property
-    def params(self) -> Params:
-        return self.state.params
+            raise DemoBufferError(f"algo {config.algo!r} needs demonstrations (--demos PATH)")
+        check_fits(demos, env)
+    return Trainer.build(config, env, demos)
 
 
 def seed_keys(config: TrainConfig) -> jax.Array:
@@ -649,395 +561,21 @@ def seed_keys(config: TrainConfig) -> jax.Array:
     return jnp.stack([jax.random.PRNGKey(config.seed + k) for k in range(config.seeds)])
 
 
-def chunk_record(config: TrainConfig, metrics: dict, update: int, wall_s: float) -> dict:
-    """One metrics.jsonl line from a chunk's metrics (host numpy, axes ``[K, U]``)."""
-    valid = np.asarray(metrics["valid"]) > 0  # [K, U]
-    episodes = (np.asarray(metrics["episodes"]) * valid).sum(1)  # [K]
-
-    def per_episode(x):  # sums over episodes -> per-episode means [K]
-        total = (np.asarray(x) * valid).sum(1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(episodes > 0, total / np.maximum(episodes, 1), np.nan)
-
-    def per_update(x):  # [K]
-        return (np.asarray(x) * valid).sum(1) / np.maximum(valid.sum(1), 1)
-
-    def seeds_mean(v):
-        v = np.asarray(v, float)
-        return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
-
-    record: dict[str, Any] = {"update": update, "env_steps": env_steps_at(config, update),
-                              "wall_s": round(wall_s, 3)}
-    per_seed = {"return": per_episode(metrics["return_sum"])}
-    per_seed.update({k: per_episode(v) for k, v in metrics["env"].items()})
-    for key in ("loss", "policy", "value", "entropy", "expert_loss", "approx_kl", "clip_frac",
-                "grad_norm", "reward_mean", "decision_frac", "demo_kept"):
-        if key not in metrics:
-            continue
-        per_seed[key] = per_update(metrics[key])
-    # The weight in force at the last update of the chunk.
-    last = np.maximum(valid.sum(1) - 1, 0)
-    per_seed["expert_weight"] = np.asarray(metrics["expert_weight"])[np.arange(len(last)), last]
-    rename = {"policy": "policy_loss", "value": "value_loss"}
-    for key, value in per_seed.items():
-        name = rename.get(key, key)
-        record[name] = seeds_mean(value)
-        if config.seeds > 1 and key in ["return", *metrics["env"]]:
-            record[f"{name}_seeds"] = [float(x) for x in value]
-    record["episodes"] = int(episodes.sum())
-    return record
+# The host side moved to leed_jax.po.loop and leed_jax.po.prepare; these names still import
+# from here (lazily: the loop imports this module).
+_MOVED = {
+    "train": "leed_jax.po.loop", "TrainResult": "leed_jax.po.loop",
+    "TrainingError": "leed_jax.po.loop", "OutOfMemoryError": "leed_jax.po.loop",
+    "is_out_of_memory": "leed_jax.po.loop", "memory_advice": "leed_jax.po.loop",
+    "chunk_record": "leed_jax.po.loop", "eval_record": "leed_jax.po.loop",
+    "eval_due": "leed_jax.po.loop", "env_steps_at": "leed_jax.po.loop", "ci95": "leed_jax.po.loop",
+}
 
 
-def env_steps_at(config: TrainConfig, update: int) -> int:
-    """Env steps per seed after ``update`` updates, the critic warm-up's included."""
-    return config.warm_env_steps + update * config.batch_steps
+def __getattr__(name: str):
+    module = _MOVED.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-
-def eval_record(config: TrainConfig, ev: dict) -> dict:
-    """The metrics.jsonl fields of one periodic evaluation (host numpy, leading seed axis
-    ``[K]``): ``eval_return`` and ``eval_<metric>`` (means over seeds of the per-seed mean over
-    the held-out episodes), with ``_seeds`` lists."""
-    out: dict[str, Any] = {}
-    per_seed = {"return": np.asarray(ev["return"], float)}
-    per_seed.update({k: np.asarray(v, float).mean(-1) for k, v in ev["metrics"].items()})
-    for key, value in per_seed.items():
-        out[f"eval_{key}"] = float(np.mean(value))
-        out[f"eval_{key}_seeds"] = [float(x) for x in value]
-    return out
-
-
-def eval_due(config: TrainConfig, before: int, after: int) -> bool:
-    """An evaluation is due after the chunk that took updates ``before`` to ``after``."""
-    if after >= config.num_updates or config.eval_every == 0:
-        return True
-    return after // config.eval_every > before // config.eval_every
-
-
-def _first_nonfinite(metrics: dict, first_update: int) -> int | None:
-    loss = np.asarray(metrics["loss"])  # [K, U]
-    bad = ~np.isfinite(loss) & (np.asarray(metrics["valid"]) > 0)
-    if not bad.any():
-        return None
-    return first_update + int(np.argmax(bad.any(0))) + 1
-
-
-def resolve_demos(config: TrainConfig, env, out_dir: pathlib.Path, say=print):
-    """The demo buffer path of ``config`` (generated into ``out_dir/demos`` when unset; in a
-    multi-process run by process 0, the others wait for it and read the same files)."""
-    if config.demos:
-        return pathlib.Path(config.demos)
-    from leed_jax.dg.buffer import read_demo_meta
-    from leed_jax.dg.generate import generate_demos
-    from leed_jax.parallel import is_writer, sync
-
-    overrides = {"num_agents": config.num_agents} if config.num_agents else None
-    path = pathlib.Path(out_dir) / "demos"
-    if is_writer():
-        path = generate_demos(
-            config.scenario, source="auto", model=config.model, out=path,
-            seed=config.seed, overrides=overrides, progress=config.progress,
-        )
-    sync("leed_jax demos written")
-    meta = read_demo_meta(path)
-    source = meta.get("source", "?")
-    how = f"LLM {meta.get('model')}" if source == "llm" else "the built-in planner (no LLM configured)"
-    say(f"demonstrations: {how} -> {path}")
-    return pathlib.Path(path)
-
-
-def load_demo_buffer(path, env):
-    from leed_jax.dg.buffer import load_demos
-
-    demos = load_demos(path, env=env)
-    check_demos(demos, env)
-    return demos
-
-
-def train(
-    config: TrainConfig,
-    *,
-    env=None,
-    demos=None,
-    resume: bool = False,
-    max_chunks: int | None = None,
-    say=None,
-) -> TrainResult:
-    """Train ``config`` end to end in its run directory and evaluate the result.
-
-    env: an env to use instead of ``make_env(config.scenario)``; demos: a ``DemoBuffer`` to use
-    instead of ``config.demos`` (generated when leed/bc has none). resume: continue from the
-    latest checkpoint in ``config.out``. max_chunks: stop after this many chunks (as if
-    interrupted; for tests and time-boxed jobs). Writes ``config.toml``, ``metrics.jsonl``,
-    ``checkpoints/``, ``summary.json`` and ``learning_curve.png`` under ``config.out``.
-    """
-    from leed_jax.io.checkpoint import Checkpointer, has_checkpoint
-    from leed_jax.io.plots import plot_learning_curves
-    from leed_jax.io.rundir import RunDir, default_run_dir
-    from leed_jax.parallel import broadcast_text, is_writer, sync, to_host
-
-    writer = is_writer()  # process 0 writes files and reports; the others only compute
-    say = (say or (lambda msg: print(msg, file=sys.stderr))) if writer else (lambda msg: None)
-    t_start = time.perf_counter()
-    config.validate()
-    if config.out is None:
-        out = str(default_run_dir(config.scenario, config.algo))
-        config = config.replace(out=broadcast_text(out))
-    run = RunDir(config.out)
-    ckpt_dir = run.checkpoint_dir
-    if resume and not has_checkpoint(run.path):
-        raise FileNotFoundError(f"no checkpoint to resume in {run.path}")
-    run.create()
-    if env is None:
-        from leed_jax.envs.registry import make_env
-
-        env = make_env(config.scenario, num_agents=config.num_agents)
-    if demos is None and config.algo in ("leed", "bc"):
-        if not config.demos:
-            config = config.replace(demos=str(resolve_demos(config, env, run.path, say)))
-        demos = load_demo_buffer(config.demos, env)
-    if not resume:
-        run.write_config(config)
-        if writer and run.metrics_path.exists():
-            run.metrics_path.unlink()
-    trainer = make_train(config, env, demos)
-    demo_arrays = None if not trainer.use_expert else jax.tree_util.tree_map(jnp.asarray, demos)
-    mesh = _mesh(config, env)
-
-    state, demo_arrays = _init_state(trainer, config, demo_arrays, mesh)
-    checkpointer = Checkpointer(ckpt_dir)
-    prior_wall = 0.0
-    if resume:
-        state, meta = checkpointer.restore(state, say=say)
-        prior_wall = float(meta.get("wall_s", 0.0))
-        history = run.truncate_metrics(int(meta["update"]))
-        say(f"resuming {run.path} from update {meta['update']}")
-    else:
-        history = []
-    evaluate = trainer.seeds_evaluate()
-    # Where the state lives on the mesh (None: one device). The warm start and the evaluations
-    # may hand it back laid out otherwise; it is put back before the compiled chunk sees it.
-    shardings = None if mesh is None else jax.tree_util.tree_map(lambda x: x.sharding, state)
-    if not resume:
-        # The jump-start (leed, bc), then the evaluation at update 0: where each method starts.
-        record = {"update": 0, "env_steps": config.warm_env_steps}
-        if config.warm_start:
-            state, warm = trainer.seeds_warm()(state, demo_arrays)
-            warm = to_host(warm)
-            record.update({k: float(np.mean(v)) for k, v in warm.items()})
-            say(f"warm start: {record['warm_steps']:.0f} steps, expert loss "
-                f"{record['warm_expert_loss_start']:.3f} -> {record['warm_expert_loss_end']:.3f}, "
-                f"greedy matches {100 * record['warm_demo_accuracy']:.1f} % of demo actions")
-        state, ev = evaluate(state)
-        record.update(eval_record(config, to_host(ev)))
-        record["wall_s"] = round(time.perf_counter() - t_start, 3)
-        run.append_metrics(record)
-        history.append(record)
-        if config.warm_start:
-            checkpointer.save(0, state, {"update": 0, "wall_s": record["wall_s"]})
-        if shardings is not None:
-            state = jax.device_put(state, shardings)
-
-    def out_of_memory(where: str) -> OutOfMemoryError:
-        advice = memory_advice(config, env.spec.num_agents, jax.device_count())
-        return OutOfMemoryError(
-            f"out of device memory while {where} (N={env.spec.num_agents}, "
-            f"num_envs={config.num_envs}, seeds={config.seeds}); try {advice}"
-        )
-
-    t_compile = time.perf_counter()
-    try:
-        chunk = trainer.seeds_chunk()
-        if mesh is not None:
-            # The state leaves the chunk placed as it came in: left to itself XLA may pick
-            # another sharding for an env leaf (MPE's global state), which the next call's
-            # compiled program then rejects.
-            chunk = jax.jit(jax.vmap(trainer.chunk, in_axes=(0, None)), donate_argnums=0,
-                            out_shardings=(shardings, None))
-        compiled = chunk.lower(state, demo_arrays).compile()
-    except jax.errors.JaxRuntimeError as exc:
-        if is_out_of_memory(exc):
-            raise out_of_memory("compiling the update") from None
-        raise
-    compile_s = time.perf_counter() - t_compile
-    sync("leed_jax update compiled")  # the processes start their collectives together
-
-    start_update = int(to_host(state.update)[0])
-    done_chunks = start_update // config.chunk_updates
-    remaining = config.num_chunks - done_chunks
-    if max_chunks is not None:
-        remaining = min(remaining, max_chunks)
-    progress = _Progress(config, start_update) if config.progress and writer else None
-    t_loop = time.perf_counter()
-    update = start_update
-    ev = None  # the latest periodic evaluation (host numpy)
-    try:
-        for i in range(remaining):
-            try:
-                state, metrics = compiled(state, demo_arrays)
-                metrics = to_host(metrics)
-            except jax.errors.JaxRuntimeError as exc:
-                if is_out_of_memory(exc):
-                    raise out_of_memory(f"training (update {update})") from None
-                raise
-            bad = _first_nonfinite(metrics, update)
-            if bad is not None:
-                last = checkpointer.latest_step()
-                kept = f"last good checkpoint: update {last} in {ckpt_dir}" if last is not None \
-                    else "no checkpoint was written before it"
-                raise TrainingError(f"NaN in the loss at update {bad}; stopped ({kept})")
-            before, update = update, int(to_host(state.update)[0])
-            ev = None
-            if eval_due(config, before, update):
-                state, ev = evaluate(state)
-                if shardings is not None:  # back to the layout the chunk was compiled for
-                    state = jax.device_put(state, shardings)
-                ev = to_host(ev)
-            wall = prior_wall + time.perf_counter() - t_start
-            record = chunk_record(config, metrics, update, wall)
-            if ev is not None:
-                record.update(eval_record(config, ev))
-            record["env_steps_per_s"] = round(
-                (update - start_update) * config.batch_steps * config.seeds
-                / max(time.perf_counter() - t_loop, 1e-9), 1
-            )
-            run.append_metrics(record)
-            history.append(record)
-            is_last = update >= config.num_updates
-            if (done_chunks + i + 1) % config.checkpoint_every == 0 or is_last:
-                checkpointer.save(update, state, {"update": update, "wall_s": wall})
-            if progress:
-                progress.advance(update, record)
-    finally:
-        if progress:
-            progress.close()
-        checkpointer.close()
-    loop_s = time.perf_counter() - t_loop
-    trained_steps = (update - start_update) * config.batch_steps
-
-    # The final evaluation: the periodic one at the last update (the same held-out episodes).
-    if ev is None:
-        state, ev = evaluate(state)
-    evaluation = to_host(ev)
-    wall_s = prior_wall + time.perf_counter() - t_start
-    summary = {
-        "algo": config.algo,
-        "scenario": env.name,
-        "num_agents": env.spec.num_agents,
-        "seeds": config.seeds,
-        "env_steps": env_steps_at(config, update),
-        "updates": update,
-        "finished": update >= config.num_updates,
-        "wall_s": round(wall_s, 2),
-        "compile_s": round(compile_s, 2),
-        "env_steps_per_s": round(trained_steps * config.seeds / max(loop_s, 1e-9), 1),
-        "final_return": float(np.mean(evaluation["return"])),
-        "final_return_ci95": ci95(evaluation["episode_return"]),
-        "final_return_seeds": [float(x) for x in evaluation["return"]],
-        "eval_episodes": config.eval_envs,
-        "eval_seed": config.eval_seed,
-        "eval_greedy": config.eval_greedy,
-        "devices": 1 if mesh is None else int(mesh.devices.size),
-        "processes": jax.process_count(),
-        # Episodes differ when the env draws each one (traffic with resampled demand, MPE);
-        # greedy evaluation of a fixed-demand traffic scenario repeats one episode.
-        "eval_distinct_episodes": bool(getattr(env, "resample", env.family != "traffic")),
-        "gamma_per_step": discount_per_step(config, trainer.env),
-    }
-    summary["metric_names"] = sorted(evaluation["metrics"])
-    for k, v in evaluation["metrics"].items():
-        v = np.asarray(v)  # [K, E]
-        summary[k] = float(np.mean(v))
-        summary[f"{k}_ci95"] = ci95(v)
-        if config.seeds > 1:
-            summary[f"{k}_seeds"] = [float(x) for x in v.mean(1)]
-    if demos is not None:
-        summary["demo_return"] = float(np.asarray(demos.agent_return).mean())
-    warm_line = next((h for h in history if h.get("update") == 0 and "warm_steps" in h), None)
-    if warm_line is not None:
-        summary.update({k: v for k, v in warm_line.items() if k.startswith("warm_")})
-        summary["warm_eval_return"] = warm_line.get("eval_return")
-    from leed_jax.dg.yardsticks import for_evaluation  # traffic: UE / SO on the same episodes
-
-    summary.update(for_evaluation(env, config.eval_seed, config.eval_envs, evaluation["metrics"],
-                                  config.yardsticks, say=say if config.progress else None))
-    run.write_summary(summary)
-    if writer:
-        plot_learning_curves({config.algo: history}, run.plot_path,
-                             title=f"{env.name}: {config.algo}, N={env.spec.num_agents}")
-    return TrainResult(config, run.path, state, summary, history, trainer)
-
-
-def _mesh(config: TrainConfig, env):
-    """The device mesh of ``config`` (None: one device in one process, nothing to place)."""
-    if config.mesh_data == 1 and config.mesh_agent == 1 and jax.process_count() == 1:
-        return None
-    from leed_jax.parallel import check_fits, make_mesh
-
-    mesh = make_mesh(config.mesh_data, config.mesh_agent)
-    check_fits(mesh, config.num_envs, env.spec.num_agents, config.share_params)
-    return mesh
-
-
-def _init_state(trainer: Trainer, config: TrainConfig, demos, mesh):
-    """The initial state (seed axis first) and the demonstrations, on the mesh when there is
-    one: the state is created where it lives (each device initialises its own agents' shard,
-    and in a multi-process run the init is one program of all processes, compiled once and
-    cached like the update); the jitted chunk follows the placement. Every leaf is strongly
-    typed (an env's Python-scalar field would be weak): a restored checkpoint is, and a
-    resumed run then reuses the update compiled for a fresh one (persistent compile cache)."""
-    keys = seed_keys(config)
-    if mesh is None:
-        return jax.jit(lambda k: _strong(trainer.seeds_init()(k)))(keys), demos
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
-
-    from leed_jax.parallel import demo_shardings, train_state_shardings
-
-    n = trainer.num_agents
-    init = lambda k: _strong(jax.vmap(trainer.init)(k))
-    shardings = train_state_shardings(jax.eval_shape(init, keys), mesh, n)
-    keys = jax.device_put(np.asarray(keys), NamedSharding(mesh, P()))
-    state = jax.jit(init, out_shardings=shardings)(keys)
-    if demos is not None:
-        demos = jax.device_put(demos, demo_shardings(demos, mesh, n))
-    return state, demos
-
-
-def _strong(tree):
-    return jax.tree_util.tree_map(lambda x: jax.lax.convert_element_type(x, x.dtype), tree)
-
-
-class _Progress:
-    """A rich progress bar with return and steps/s (host side only)."""
-
-    def __init__(self, config: TrainConfig, start_update: int):
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.config = config
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed:,.0f}/{task.total:,.0f} steps"),
-            TextColumn("return {task.fields[ret]}"),
-            TextColumn("{task.fields[sps]} steps/s"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-        )
-        self.progress.start()
-        self.task = self.progress.add_task(
-            config.algo, total=config.num_updates * config.batch_steps,
-            completed=start_update * config.batch_steps, ret="-", sps="-",
-        )
-
-    def advance(self, update: int, record: dict) -> None:
-        ret = record.get("return")
-        self.progress.update(
-            self.task,
-            completed=update * self.config.batch_steps,
-            ret="-" if ret is None or not math.isfinite(ret) else f"{ret:.3f}",
-            sps=f"{record['env_steps_per_s']:,.0f}",
-        )
-
-    def close(self) -> None:
-        self.progress.stop()
+    return getattr(importlib.import_module(module), name)
