@@ -1,17 +1,19 @@
 """How often one ``python -m leed_jax.run`` passes its data through the same assembly step.
 
-Runs ``leed_jax.run.main`` in-process on a tiny traffic scenario (LEED with planner demos, and
-``--compare``'s IPPO run on the same budget) under ``sys.setprofile`` and counts the calls of
+Runs ``leed_jax.run.main`` in-process on a tiny traffic scenario twice (LEED with planner
+demos; then the same with ``--compare``, which adds an IPPO run on the same budget and env)
+under ``sys.setprofile`` and counts the calls of
 the functions that assemble a run: config validation, the default run directory, the resume
 and writability checks, the run-directory lock, the env factory, demo loading and fit checks,
 the device mesh, demo generation and trainer construction. Works on any checkout (it looks the
 functions up by name), so the same command measures the code before and after a change:
 
     PYTHONPATH=old/src python benchmarks/assembly_trace.py --save /tmp/before.npz
-    PYTHONPATH=new/src python benchmarks/assembly_trace.py --save /tmp/after.npz --compare /tmp/before.npz
+    PYTHONPATH=new/src python benchmarks/assembly_trace.py --compare /tmp/before.npz
 
-``--save`` keeps the final parameters of both runs (from their last checkpoints) and the
-metrics lines; ``--compare`` says whether they are equal bit for bit. JSON last.
+``--save`` keeps the final parameters (from the last checkpoints), the metrics lines and the
+summaries (timings left out) of the ``--compare`` invocation's LEED and IPPO runs;
+``--compare`` says whether they are equal bit for bit. JSON last.
 """
 
 from __future__ import annotations

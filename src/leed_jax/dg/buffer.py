@@ -185,7 +185,8 @@ def load_demos(path: str | Path, env=None) -> DemoBuffer:
     return buf
 
 
-def check_fits(buf: DemoBuffer, env, meta: dict | None = None, where: str = "the demo buffer") -> None:
+def check_fits(buf: DemoBuffer, env, meta: dict | None = None,
+               where: str = "the demo buffer") -> None:
     """Raise ``DemoBufferError`` unless ``buf`` fits ``env``: the number of agents, the
     observation size and the number of actions (and, with ``meta``, the env family) must
     match; every difference is named in one line. The one fit check of a buffer, whether it
