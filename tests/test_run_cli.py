@@ -87,9 +87,9 @@ def test_the_main_job_assembles_its_run_once(tmp_path, tiny, monkeypatch):
     is stopped as a Ctrl-C would, before anything compiles."""
     import collections
 
-    import leed_jax.dg.buffer as buffer
-    import leed_jax.envs.registry as registry
-    import leed_jax.po.loop as loop
+    from leed_jax.dg import buffer
+    from leed_jax.envs import registry
+    from leed_jax.po import loop
 
     demos = _fitting_demos(tmp_path, tiny)
     calls = collections.Counter()
