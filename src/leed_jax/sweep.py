@@ -171,7 +171,6 @@ def _seeds_one_by_one(cfg: TrainConfig, cell: pathlib.Path, say) -> dict:
         wall_s=sum(p["wall_s"] for p in parts),
         env_steps=parts[0]["env_steps"],
         finished=all(p.get("finished") for p in parts),
-        seeds_vmapped=False,
     )
     cell.mkdir(parents=True, exist_ok=True)
     (cell / "summary.json").write_text(json.dumps(merged, indent=1) + "\n")

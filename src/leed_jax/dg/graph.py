@@ -106,9 +106,6 @@ class RouteGraph:
             pred = self.shortest_from([u], link_cost)[1][0]
         return path_from_predecessors(pred, u, v)
 
-    def node_label(self, node: int) -> str:
-        return f"Intersection_{int(node)}"
-
 
 def path_from_predecessors(pred: np.ndarray, u: int, v: int) -> list[int]:
     """Walk a Dijkstra predecessor row back from ``v`` to ``u``."""

@@ -1,7 +1,8 @@
 """The PO stage: one trainer for LEED, IPPO, MAPPO and BC.
 
-``make_train(config, env, demos)`` builds a ``Trainer`` whose ``update(state) -> (state,
-metrics)`` is pure and jit-able: a rollout (``lax.scan``), GAE, and epochs of minibatch updates
+``make_train(config, env, demos)`` builds a ``Trainer`` whose ``update(state, demos) ->
+(state, metrics)`` is pure and jit-able (``chunk`` scans it; ``demos`` is the ``DemoBuffer``,
+passed as an argument so that one compiled program serves every buffer): a rollout (``lax.scan``), GAE, and epochs of minibatch updates
 of every agent's own loss
 
     L_i = PPO_i  +  w_i(t) · E_i,      E_i = −log π_i(a_demo | o_demo) on agent i's demos,
