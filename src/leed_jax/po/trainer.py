@@ -734,9 +734,10 @@ def resolve_demos(config: TrainConfig, env, out_dir: pathlib.Path, say=print):
     overrides = {"num_agents": config.num_agents} if config.num_agents else None
     path = pathlib.Path(out_dir) / "demos"
     if is_writer():
+        options = {f.name: getattr(config.dg, f.name) for f in dataclasses.fields(config.dg)}
         path = generate_demos(
-            config.scenario, source="auto", model=config.model, out=path,
-            seed=config.seed, overrides=overrides, progress=config.progress,
+            config.scenario, out=path, seed=config.seed, overrides=overrides,
+            progress=config.progress, **options,
         )
     sync("leed_jax demos written")
     meta = read_demo_meta(path)
