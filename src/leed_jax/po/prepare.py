@@ -134,8 +134,9 @@ def device_mesh(config: TrainConfig, env):
 
 def generate_run_demos(config: TrainConfig, env, out_dir: pathlib.Path, say: Say) -> pathlib.Path:
     """Generate the demonstrations of a run into ``out_dir/demos`` on the run's own ``env``
-    (the LLM of ``config.model`` when one is configured, the built-in planner otherwise); in a
-    multi-process run process 0 generates them, the others wait and read the same files."""
+    with ``config.dg``'s options (the LLM of ``dg.model`` when one is configured, the built-in
+    planner otherwise); in a multi-process run process 0 generates them, the others wait and
+    read the same files."""
     from leed_jax.dg.buffer import read_demo_meta
     from leed_jax.dg.generate import DemoConfig, run_dg
     from leed_jax.parallel import is_writer, sync
@@ -143,9 +144,9 @@ def generate_run_demos(config: TrainConfig, env, out_dir: pathlib.Path, say: Say
     overrides = {"num_agents": config.num_agents} if config.num_agents else {}
     path = pathlib.Path(out_dir) / "demos"
     if is_writer():
-        dg = DemoConfig(scenario=str(config.scenario), out=path, source="auto",
-                        model=config.model, seed=config.seed, overrides=overrides,
-                        progress=config.progress)
+        options = {f.name: getattr(config.dg, f.name) for f in dataclasses.fields(config.dg)}
+        dg = DemoConfig(scenario=str(config.scenario), out=path, seed=config.seed,
+                        overrides=overrides, progress=config.progress, **options)
         path = run_dg(dg, env=env).path
     sync("leed_jax demos written")
     meta = read_demo_meta(path)
