@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from leed_jax.dg.executor import _traffic_policy, pad_targets
+from leed_jax.dg.executor import _traffic_policy, pad_targets, remaining_route, traffic_route
 from leed_jax.dg.graph import RouteGraph, path_from_predecessors
 
 log = logging.getLogger("leed_jax.dg")
@@ -166,11 +166,12 @@ def _build_sim(env, num_bins: int, bin_s: float, censored: bool = True):
 
     def run(key, obs, state, targets):
         n = targets.shape[0]
+        route = traffic_route(env, state.origin, targets)
 
         def body(carry, key_t):
             s, ptr, tsum, cnt, ndel = carry
             action, ptr = policy(s, targets, ptr)
-            _, s2, _, _, _ = env.step(key_t, s, action)
+            _, s2, _, _, _ = env.step(key_t, s, action, route=remaining_route(route, ptr))
             was_on = s.link >= 0
             left = was_on & ((s2.link != s.link) | (s2.enter != s.enter))
             exit_t = jnp.where(s2.status == _ARRIVED, s2.arrive_time, s2.enter)
