@@ -92,6 +92,9 @@ class PlanResult(NamedTuple):
     gaps: list[float]  # relative gap per round
     totals: list[float]  # total experienced travel time per round
     seconds: float
+    # Per round, Σ|simulated − table-predicted time| / Σ simulated over the current routes: how
+    # well the link-time table prices the routes it was built from (a floor for the gap).
+    table_errors: list[float] = []
 
 
 # ----------------------------------------------------------------------------- candidates
@@ -330,7 +333,7 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
     rng = np.random.default_rng(config.seed)
     sim_key = jax.random.fold_in(key, 1)
     links_j, depart_j, valid_j = jnp.asarray(links), jnp.asarray(depart_s, jnp.float32), jnp.asarray(valid)
-    gaps, totals = [], []
+    gaps, totals, errors = [], [], []
     best = (np.inf, choice.copy())
     for r in range(config.rounds):
         targets = pad_targets([p[1:] if len(p) > 1 else p for p in paths_of(choice)])
@@ -340,11 +343,16 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
         if total < best[0]:
             best = (total, choice.copy())
         seen = cnt > 0
-        table = np.where(seen, tsum / np.maximum(cnt, 1), tfree)
+        own = np.where(seen, tsum / np.maximum(cnt, 1), tfree)
+        table = own
         if config.objective == "optimum":
-            table = table + 0.5 * ndel / np.maximum(flow[:, None], 1e-9)
+            table = own + 0.5 * ndel / np.maximum(flow[:, None], 1e-9)
         cost = np.asarray(cost_fn(links_j, depart_j, jnp.asarray(table, jnp.float32), valid_j))
         current = cost[np.arange(n), choice]
+        if config.objective == "optimum":  # own time of the current routes, for the table error
+            current_own = np.asarray(cost_fn(links_j, depart_j, jnp.asarray(own, jnp.float32), valid_j))[np.arange(n), choice]
+        else:
+            current_own = current
         best_c = cost.min(1)
         # Experienced cost of the current routes: simulated time (a vehicle that did not arrive
         # counts its time so far plus the table's estimate would double count; use max).
@@ -352,15 +360,16 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
         denom = max(float(experienced.sum()), 1e-9)
         gap = float((experienced.sum() - best_c.sum()) / denom)
         gaps.append(gap)
+        errors.append(float(np.abs(tt - current_own).sum() / max(float(tt.sum()), 1e-9)))
         if progress or log.isEnabledFor(logging.INFO):
-            log.info("equilibrium planner (%s) round %d: total %.0f s, gap %.4f",
-                     config.objective, r + 1, total, gap)
+            log.info("equilibrium planner (%s) round %d: total %.0f s, gap %.4f, table error %.4f",
+                     config.objective, r + 1, total, gap, errors[-1])
         if gap < config.gap_tol:
             break
         improve = best_c < current - 1e-3
         switch = improve & (rng.random(n) < 1.0 / (r + 2))
         choice = np.where(switch, cost.argmin(1), choice)
-    return PlanResult(paths_of(best[1]), best[0], gaps, totals, time.perf_counter() - t_start)
+    return PlanResult(paths_of(best[1]), best[0], gaps, totals, time.perf_counter() - t_start, errors)
 
 
 def yardsticks(env, keys, config: EquilibriumConfig = EquilibriumConfig(), rounds: int | None = None) -> dict:

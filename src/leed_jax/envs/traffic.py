@@ -23,7 +23,14 @@ Time (queue and bpr). Each vehicle carries an exact continuous clock: a step cov
 choice for the *next* node it reaches (a vehicle on a link already sees that node's
 out-links); further nodes reached within the same step follow the free-flow fastest path
 (``RoadNetwork.link_next``), so a lone vehicle's travel time is its route's continuous
-free-flow time for any dt. ``info["decision"]`` marks the vehicles whose action was used
+free-flow time for any dt. A caller that knows each vehicle's intended route (the DG
+executor, the equilibrium planner) passes it as ``step(..., route=[N, L] link ids)``; those
+in-step hops then follow the route wherever it is an allowed turn. Without it a vehicle whose
+chosen link is off its fastest path is sent on along the fastest path from there, which may
+turn straight back (a U-turn where the network allows one): the observation's per-slot
+"time to destination through this link" is computed from the same table, so a policy sees
+what a choice implies, but a fixed multi-node plan cannot be expressed by one action per step
+(executed without ``route``, such plans can loop until the horizon on short links). ``info["decision"]`` marks the vehicles whose action was used
 (they crossed their next node, or left their origin, in this step). The per-step work is a
 loop of at most ``moves`` passes (``jax.lax.while_loop``, stopping after a pass in which
 nobody moved; shapes stay static); each pass lets the head of every
@@ -316,7 +323,8 @@ class TrafficEnv:
         planned links; a vehicle that crosses further nodes within the step after its chosen
         link takes the link that follows its current one in its row (first occurrence) where
         the turn rules allow it, and the free-flow fastest link (``link_next``) otherwise. The
-        DG executor passes its plans here; without it every in-step hop takes ``link_next``."""
+        DG executor passes its plans here; without it every in-step hop takes ``link_next``.
+        The ``step`` link model (at most one link per step) has no in-step hops and ignores it."""
         del key
         p = self.params
         active = (state.status == AT_NODE) | (state.status == ON_LINK)  # [N] en route at the step start
