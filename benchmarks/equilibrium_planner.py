@@ -23,7 +23,6 @@ import numpy as np
 
 from leed_jax.dg.equilibrium import EquilibriumConfig, plan_routes
 from leed_jax.dg.executor import executor_for, pad_targets
-from leed_jax.dg.graph import RouteGraph
 from leed_jax.dg.planner import traffic_routes
 from leed_jax.envs.registry import make_env
 
@@ -38,7 +37,7 @@ for item in args.set:
     fields[k] = json.loads(v)
 base = EquilibriumConfig(**fields)
 env = make_env(args.scenario)
-g, p = RouteGraph.from_network(env.network), env.params
+g, p = env.network, env.params
 run = executor_for(env)
 out = {"scenario": args.scenario, "config": {k: getattr(base, k) for k in base.__dataclass_fields__},
        "episodes": []}

@@ -16,7 +16,12 @@ annealed to 0, gamma 0.99, lambda 0.95, clip 0.2, entropy 0.01, value 0.5, grad 
 peer shares one network between the agents, so ``--share-params`` is reported too (one network
 plus a learned agent embedding).
 
-Runs alternate (peer, leed_jax, leed_jax shared; repeat), seed ``30 + rep`` for all.
+A third row, ``leed_jax lean``, does the peer's work only: per-agent parameters, no held-out
+evaluation and no checkpoint until the end (``eval_every`` = all updates, ``checkpoint_every``
+= all chunks); the default rows evaluate 16 held-out episodes and save a checkpoint after each
+of their ~40 logged chunks, inside the timed loop — work the peer does not do.
+
+Runs alternate (peer, leed_jax, leed_jax shared, leed_jax lean; repeat), seed ``30 + rep``.
 Reported per run: env steps/s excluding compile (the peer: NUM_UPDATES x 2048 / run time;
 leed_jax: its training loop, host loop and checkpoints included), compile s, whole-run wall s
 (the peer: make_train + compile + run; leed_jax: the whole ``train()`` call), and the final
@@ -96,7 +101,7 @@ def run_peer(module, base: dict, total_steps: int, seed: int) -> dict:
     }
 
 
-def run_ours(total_steps: int, seed: int, share: bool) -> dict:
+def run_ours(total_steps: int, seed: int, share: bool, lean: bool = False) -> dict:
     from leed_jax.config import TrainConfig
     from leed_jax.po.trainer import train
 
@@ -107,6 +112,8 @@ def run_ours(total_steps: int, seed: int, share: bool) -> dict:
         max_grad_norm=0.5, actor_hidden=(64, 64), critic_hidden=(64, 64), share_params=share,
         seed=seed, progress=False,
     )
+    if lean:  # the peer's work only: no evaluation or checkpoint until the end
+        cfg = cfg.replace(eval_every=cfg.num_updates, checkpoint_every=cfg.num_chunks)
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         result = train(cfg.replace(out=out), say=lambda msg: None)
@@ -116,7 +123,8 @@ def run_ours(total_steps: int, seed: int, share: bool) -> dict:
     tail = [r["return"] for r in hist if r["env_steps"] > 0.95 * steps and r.get("return") is not None]
     tail = tail or [hist[-1]["return"]]
     return {
-        "who": "leed_jax shared" if share else "leed_jax", "seed": seed, "env_steps": steps,
+        "who": ("leed_jax shared" if share else "leed_jax") + (" lean" if lean else ""),
+        "seed": seed, "env_steps": steps,
         "env_steps_per_s": s["env_steps_per_s"], "compile_s": s["compile_s"],
         "wall_s": round(wall_s, 2),
         "final_return_per_agent_step": float(np.mean(tail)) / OURS_EPISODE,
@@ -148,6 +156,8 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--peer-dir", type=pathlib.Path, default=DEFAULT_PEER)
     p.add_argument("--no-shared", action="store_true", help="skip the --share-params row")
+    p.add_argument("--no-lean", action="store_true",
+                   help="skip the row without periodic evaluation and checkpoints")
     args = p.parse_args()
     module, peer_cfg = load_peer(args.peer_dir)
     import jax
@@ -160,6 +170,9 @@ def main() -> None:
                 ("leed_jax", lambda s=seed: run_ours(args.total_steps, s, False))]
         if not args.no_shared:
             jobs.append(("leed_jax shared", lambda s=seed: run_ours(args.total_steps, s, True)))
+        if not args.no_lean:
+            jobs.append(("leed_jax lean",
+                         lambda s=seed: run_ours(args.total_steps, s, False, lean=True)))
         for _who, job in jobs:
             r = job()
             r["load_avg"] = os.getloadavg()[0]

@@ -1,7 +1,7 @@
 """Training throughput against the bare network arithmetic of an update, per number of agents.
 
     python benchmarks/train_throughput.py [--agents 10,100,1000,10000] [--algo leed]
-        [--agent-slots 4096] [--num-steps 32] [--reps 3] [--no-ippo] [--no-mpe] [--mesh-data 1]
+        [--agent-slots 4096[,65536,...]] [--num-steps 32] [--reps 3] [--no-ippo] [--no-mpe] [--mesh-data 1]
 
 For each N on the traffic env (scenario traffic-grid-large, N overridden) and for MPE simple
 spread (N = 3, through the jaxmarl adapter), three programs are compiled and timed alternately
@@ -17,7 +17,9 @@ in one process (median of ``--reps``):
 * for leed, the IPPO update on the same batch: ``leed_vs_ippo`` = LEED's update time / IPPO's
   (target <= 1.15 at N = 1,000).
 
-num_envs = max(1, agent_slots // N) keeps the agent-steps per update similar across N. The
+num_envs = max(1, agent_slots // N) keeps the agent-steps per update similar across N; a
+comma-separated ``--agent-slots`` times each N at several batch sizes (an accelerator needs
+far larger batches than the CPU's 4,096 to be busy), with one demo buffer per N. The
 env-only throughput (random actions, same batch) is reported for information. Prints one JSON
 list last (with the load average: figures from a shared machine are noisy, ratios less so).
 """
@@ -49,10 +51,20 @@ def _rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+_DEMOS: dict = {}
+
+
 def _demos_for(env, algo):
+    """The planner's demo buffer for ``env`` (made once per scenario and N in a process)."""
     if algo not in ("leed", "bc"):
         return None
+    key = (env.name, env.spec.num_agents)
+    if key not in _DEMOS:
+        _DEMOS[key] = _make_demos(env)
+    return _DEMOS[key]
 
+
+def _make_demos(env):
     import tempfile
 
     out = pathlib.Path(tempfile.mkdtemp()) / "demos"
@@ -167,6 +179,7 @@ def bench(scenario: str, n: int, algo: str, slots: int, num_steps: int, reps: in
         "algo": algo,
         "num_agents": n,
         "num_envs": num_envs,
+        "agent_slots": slots,
         "num_steps": num_steps,
         "update_s": round(sec[algo], 4),
         "agent_steps_per_s": round(agent_steps / sec[algo], 1),
@@ -189,7 +202,7 @@ def main() -> None:
     p.add_argument("--scenario", default="traffic-grid-large")
     p.add_argument("--agents", default="10,100,1000,10000")
     p.add_argument("--algo", default="leed")
-    p.add_argument("--agent-slots", type=int, default=4096)
+    p.add_argument("--agent-slots", default="4096", help="comma-separated: agents x envs per update")
     p.add_argument("--num-steps", type=int, default=32)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--mesh-data", type=int, default=1, help="devices on the data axis")
@@ -197,14 +210,15 @@ def main() -> None:
     p.add_argument("--no-ippo", action="store_true", help="skip the IPPO update beside leed")
     args = p.parse_args()
     results = []
-    runs = [(args.scenario, int(n)) for n in args.agents.split(",")]
+    slots = [int(x) for x in args.agent_slots.split(",")]
+    runs = [(args.scenario, int(n), k) for n in args.agents.split(",") for k in slots]
     if not args.no_mpe:
-        runs.append(("mpe-spread", 3))
-    for scenario, n in runs:
-        r = bench(scenario, n, args.algo, args.agent_slots, args.num_steps, args.reps,
-                  args.mesh_data, not args.no_ippo)
+        runs.append(("mpe-spread", 3, slots[0]))
+    for scenario, n, k in runs:
+        r = bench(scenario, n, args.algo, k, args.num_steps, args.reps, args.mesh_data,
+                  not args.no_ippo)
         print(
-            f"# {scenario} N={n}: train {r['agent_steps_per_s']:.3g} agent-steps/s, update "
+            f"# {scenario} N={n} envs={r['num_envs']}: train {r['agent_steps_per_s']:.3g} agent-steps/s, update "
             f"{r['update_s']:.3g} s = {r['ratio']}x bare nets ({r['bare_network_s']:.3g} s), "
             f"leed/ippo {r.get('leed_vs_ippo')}, compile {r['compile_s']} s, "
             f"rss {r['peak_rss_mb']} MB, load {r['load_avg'][0]}",
@@ -213,7 +227,7 @@ def main() -> None:
         results.append(r)
     base = next((r for r in results if r["scenario"] == args.scenario), None)
     for r in results:
-        if base and r["scenario"] == args.scenario:
+        if base and r["scenario"] == args.scenario and r["agent_slots"] == slots[0]:
             r["per_agent_vs_first"] = round(r["agent_steps_per_s"] / base["agent_steps_per_s"], 3)
     print(json.dumps(results))
 

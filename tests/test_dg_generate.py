@@ -16,7 +16,6 @@ from leed_jax.dg import cli
 from leed_jax.dg.buffer import load_demos, read_demo_meta
 from leed_jax.dg.errors import DGError, LLMError
 from leed_jax.dg.generate import DemoConfig, default_episodes, generate_demos, run_dg
-from leed_jax.dg.graph import RouteGraph
 from leed_jax.dg.planner import routes_to_text
 
 SECRET = "sk-leed-test-SECRET-9876543210"
@@ -34,7 +33,7 @@ def spread():
 
 
 def _free_flow_text(env, agents=None):
-    g = RouteGraph.from_network(env.network)
+    g = env.network
     d = env.demand
     agents = range(env.spec.num_agents) if agents is None else agents
     paths = [g.shortest_path(int(d.origin[i]), int(d.destination[i])) if i in set(agents)

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
 import pytest
 
-from leed_jax.dg.graph import RouteGraph, grid_graph
 from leed_jax.dg.instructions import format_instruction, parse_instructions
 from leed_jax.dg.report import FALLBACK, FROM_MODEL, PLANNER, REPAIRED, DGReport
 from leed_jax.dg.validate import Request, collect_targets, mpe_targets, traffic_paths
+from leed_jax.envs.network import RoadNetwork, grid_network
+
+
+def grid_graph(rows: int, cols: int, capacity: float = 10.0) -> RoadNetwork:
+    """A two-way grid (200 m links at 13.9 m/s) holding ``capacity`` vehicles per link."""
+    net = grid_network(rows, cols, link_length=200.0, speed=13.9)
+    return dataclasses.replace(net, link_capacity=np.full(net.num_links, float(capacity)))
 
 
 def test_reader_tolerates_prose_fences_spacing_case_quotes():
@@ -89,9 +96,11 @@ def test_validator_repairs_gaps_and_completes_plans():
 def test_validator_names_every_problem_with_its_line():
     # A one-way spur: 0 -> 9 -> (nothing), so 9 is a dead end for destination 8.
     base = grid_graph(3, 3)
-    g = RouteGraph(10, np.r_[base.link_src, 0], np.r_[base.link_dst, 9],
-                   np.r_[base.link_length, 100.0], np.r_[base.link_tfree, 10.0],
-                   np.r_[base.link_capacity, 5.0])
+    g = RoadNetwork(name="spur", node_xy=np.r_[base.node_xy, [[-100.0, 0.0]]],
+                    node_names=[*base.node_names, "9"], link_src=np.r_[base.link_src, 0],
+                    link_dst=np.r_[base.link_dst, 9], link_length=np.r_[base.link_length, 100.0],
+                    link_speed=np.r_[base.link_speed, 10.0], link_lanes=np.r_[base.link_lanes, 1.0],
+                    link_capacity=np.r_[base.link_capacity, 5.0])
     lines = [
         "[Teleport, Intersection_1, Agent_0]",  # 1 unknown command
         "[MoveTo, Intersection_1, Agent_7]",  # 2 unknown agent

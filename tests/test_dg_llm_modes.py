@@ -17,7 +17,6 @@ import leed_jax
 from leed_jax.dg import cli
 from leed_jax.dg.errors import LLMError
 from leed_jax.dg.generate import DemoConfig, model_params, resolve_granularity, run_dg
-from leed_jax.dg.graph import RouteGraph
 from leed_jax.dg.llm import Ask, LLMClient, LLMConfig, auto_timeout
 from leed_jax.dg.nexthop import parse_answers
 
@@ -170,7 +169,7 @@ def test_budget_and_stop_sized_to_the_plan(traffic, tmp_path):
         budgets = [b["max_tokens"] for b in srv.bodies]
         assert all(b.get("stop") == ["END"] for b in srv.bodies)
         assert "response_format" not in srv.bodies[0]
-    g = RouteGraph.from_network(traffic.network)
+    g = traffic.network
     d = traffic.demand
     hops = [len(g.shortest_path(int(d.origin[i]), int(d.destination[i]))) - 1
             for i in range(5)]
@@ -180,7 +179,7 @@ def test_budget_and_stop_sized_to_the_plan(traffic, tmp_path):
 
 # ---------------------------------------------------------------------------- structured
 def test_structured_output_is_detected_and_reported(traffic, tmp_path):
-    g = RouteGraph.from_network(traffic.network)
+    g = traffic.network
     d = traffic.demand
 
     def script(index, body):
@@ -273,7 +272,7 @@ def test_granularity_default_follows_model_size():
 
 # ---------------------------------------------------------------------------- chunks, rounds
 def test_coordinated_chunks_see_earlier_loads(traffic, tmp_path):
-    g = RouteGraph.from_network(traffic.network)
+    g = traffic.network
     d = traffic.demand
 
     def script(index, body):
@@ -314,7 +313,7 @@ def test_failed_chunk_falls_back_and_rerun_asks_only_for_it(traffic, tmp_path):
 
 
 def test_refinement_keeps_the_best_whole_round(traffic, tmp_path):
-    g = RouteGraph.from_network(traffic.network)
+    g = traffic.network
     d = traffic.demand
     good = "\n".join(f"[MoveTo, Intersection_{v}, Agent_{i}]" for i in range(20)
                      for v in g.shortest_path(int(d.origin[i]), int(d.destination[i]))[1:])

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
 
-from leed_jax.dg.graph import grid_graph
 from leed_jax.dg.instructions import parse_instructions
 from leed_jax.dg.planner import bpr_time, routes_to_text, spread_assignment, traffic_routes
+from leed_jax.envs.network import RoadNetwork, grid_network
+
+
+def grid_graph(rows: int, cols: int, capacity: float = 10.0) -> RoadNetwork:
+    """A two-way grid (200 m links at 13.9 m/s) holding ``capacity`` vehicles per link."""
+    net = grid_network(rows, cols, link_length=200.0, speed=13.9)
+    return dataclasses.replace(net, link_capacity=np.full(net.num_links, float(capacity)))
 
 
 def test_routes_are_valid_paths():

@@ -66,6 +66,38 @@ def test_flags_and_toml_config_resolve_to_one_typed_config(tmp_path):
                                  actor_hidden=(32, 16), progress=False, out=str(tmp_path / "o"))
 
 
+def test_one_config_tree_serves_the_three_clis_and_toml(tmp_path):
+    """The LLM and demonstration options are one subtree (TrainConfig.dg): the main job, the
+    sweep and the demos CLI take the same flags, a TOML file takes them flat or as a [dg]
+    table, and a run directory's config.toml reads back to the same config."""
+    from leed_jax.config import DemoOptions, LLMOptions, dump_config, load_config
+    from leed_jax.dg.cli import _parser as demos_parser
+    from leed_jax.dg.generate import DemoConfig
+    from leed_jax.dg.llm import LLMConfig
+    from leed_jax.sweep import build_parser as sweep_parser
+
+    file = tmp_path / "c.toml"
+    file.write_text('model = "openai/x"\n[dg]\ntimeout = 30\nrounds = 2\n')
+    llm = ["--api-base", "http://127.0.0.1:9/v1", "--max-retries", "1", "--llm-granularity",
+           "next-hop", "--no-coordinate"]
+    config, _ = resolve_config(["--config", str(file), *llm, "--out", str(tmp_path / "o")])
+    want = DemoOptions(model="openai/x", timeout=30.0, rounds=2, api_base="http://127.0.0.1:9/v1",
+                       max_retries=1, granularity="next-hop", coordinate=False)
+    assert config.dg == want and config.model == "openai/x"
+    (tmp_path / "o.toml").write_text(dump_config(config))
+    assert load_config(tmp_path / "o.toml") == config
+    # The sweep: the same flags; its seeds default is the config's (no second default).
+    swept = vars(sweep_parser().parse_args(["--out", "s", "--timeout", "30", "--lr", "0.01"]))
+    assert swept["timeout"] == 30.0 and swept["lr"] == 0.01 and "seeds" not in swept
+    # The demos CLI: the same flags, into the DG's own config, whose defaults are inherited.
+    given = vars(demos_parser().parse_args(["--scenario", "x", *llm]))
+    assert {k: given[k] for k in ("api_base", "max_retries", "granularity", "coordinate")} == {
+        "api_base": "http://127.0.0.1:9/v1", "max_retries": 1, "granularity": "next-hop",
+        "coordinate": False}
+    assert "timeout" not in given and DemoConfig(scenario="x", out=tmp_path).timeout is None
+    assert LLMConfig(model="m").max_retries == LLMOptions().max_retries == DemoOptions().max_retries
+
+
 def test_default_run_directory_is_named_after_scenario_and_algo():
     config, _ = resolve_config(["--algo", "bc"])
     assert config.out.startswith("runs/traffic-grid-bc-")
@@ -80,6 +112,8 @@ def test_default_run_directory_is_named_after_scenario_and_algo():
         (["--num-minibatches", "3", "--num-envs", "2", "--num-steps", "8"], ["num_minibatches"]),
         (["--total-steps", "many"], ["--total-steps", "'many'"]),
         (["--bogus"], ["--bogus"]),
+        (["--timeout", "nan"], ["'timeout'", "> 0", "nan"]),
+        (["--llm-granularity", "word"], ["'granularity'", "next-hop", "'word'"]),
         (["--scenario", "no-such-scenario"], ["no-such-scenario"]),
     ],
 )

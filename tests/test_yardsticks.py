@@ -13,7 +13,6 @@ import pytest
 from leed_jax.dg import yardsticks as ys
 from leed_jax.dg.equilibrium import EquilibriumConfig, plan_routes
 from leed_jax.dg.executor import executor_for, pad_targets
-from leed_jax.dg.graph import RouteGraph
 from leed_jax.dg.planner import traffic_routes
 from leed_jax.envs.registry import make_env
 
@@ -37,7 +36,7 @@ def _replay_equilibrium(env, key) -> float:
     reproduces the UE routes, hence the UE flows)."""
     obs, state = ys._reset(env, key)
     p = env.params
-    inc = traffic_routes(RouteGraph.from_network(env.network), np.asarray(state.origin),
+    inc = traffic_routes(env.network, np.asarray(state.origin),
                          np.asarray(state.dest), np.asarray(state.depart),
                          dt=p.dt, alpha=p.alpha, beta=p.beta)
     plan = plan_routes(env, key=key, state=state, obs=obs, config=EquilibriumConfig(rounds=ROUNDS),

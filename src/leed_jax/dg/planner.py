@@ -20,18 +20,18 @@ import itertools
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from leed_jax.dg.graph import RouteGraph, path_from_predecessors
+from leed_jax.envs.network import RoadNetwork, path_from_predecessors
 from leed_jax.dg.instructions import format_instruction
 
 
-def bpr_time(graph: RouteGraph, occupancy: np.ndarray, alpha: float, beta: float) -> np.ndarray:
+def bpr_time(graph: RoadNetwork, occupancy: np.ndarray, alpha: float, beta: float) -> np.ndarray:
     """Link travel time ``[E]`` in seconds under ``occupancy [E]`` vehicles."""
     ratio = np.maximum(occupancy, 0.0) / np.maximum(graph.link_capacity, 1e-9)
     return graph.link_tfree * (1.0 + alpha * ratio**beta)
 
 
 def traffic_routes(
-    graph: RouteGraph,
+    graph: RoadNetwork,
     origin: np.ndarray,
     destination: np.ndarray,
     departure: np.ndarray,

@@ -8,7 +8,6 @@ from functools import cached_property
 import numpy as np
 
 from leed_jax.dg.executor import ExpertRollout, pad_targets
-from leed_jax.dg.graph import RouteGraph
 from leed_jax.dg.llm import Ask
 from leed_jax.dg.planner import routes_to_text, traffic_routes
 from leed_jax.dg.prompts import PromptSet
@@ -36,7 +35,7 @@ class TrafficDG:
         self.planner = planner  # "incremental" | "equilibrium" | "optimum"
         self._state, self._key = state, key
         self.prompts = prompts
-        self.graph = RouteGraph.from_network(env.network)
+        self.graph = env.network  # leed_jax.envs.network.RoadNetwork: node-level routing
         # The episode's own vehicles (the env may draw a new demand per episode).
         src = state if state is not None and hasattr(state, "dest") else None
         self.origin = np.asarray(src.origin if src is not None else env.demand.origin)
@@ -121,7 +120,7 @@ class TrafficDG:
     def ask(self, agents: list[int]) -> Ask:
         """Budget, stop sequence and JSON schema of a route request for ``agents``."""
         g = self.graph
-        tt = g.tt[self.origin[agents], self.destination[agents]]
+        tt = g.node_tt[self.origin[agents], self.destination[agents]]
         hops = [max(1, len(g.shortest_path(int(self.origin[i]), int(self.destination[i]))) - 1)
                 if np.isfinite(t) else 1 for i, t in zip(agents, tt)]
         # The schema mode needs fewer tokens; the budget covers the text mode, the larger.
@@ -139,7 +138,7 @@ class TrafficDG:
                  round_: int) -> str:
         tt = np.asarray(rollout.extras["travel_time"])
         arrived = np.asarray(rollout.extras["arrived"])
-        free = self.graph.tt[self.origin, self.destination]
+        free = self.graph.node_tt[self.origin, self.destination]
         vehicles = "\n".join(
             f"Agent_{i}: {tt[i]:.0f} s (free-flow {free[i]:.0f} s)"
             + ("" if arrived[i] else ", did NOT arrive") for i in agents)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from leed_jax.dg.graph import RouteGraph
+from leed_jax.envs.network import RoadNetwork
 from leed_jax.dg.instructions import ParsedReply
 from leed_jax.dg.report import FALLBACK, FROM_MODEL, PLANNER, REPAIRED, DGReport, Issue
 
@@ -122,7 +122,7 @@ def _settle(report: DGReport, agent: int, source: str, used_model: bool, reason:
 
 
 def traffic_paths(
-    graph: RouteGraph,
+    graph: RoadNetwork,
     origin: np.ndarray,
     destination: np.ndarray,
     targets: list[list[Step]],

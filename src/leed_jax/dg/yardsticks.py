@@ -174,7 +174,6 @@ def episode_yardstick(env, key, rounds: int | None = None, config=None) -> dict:
     "incremental_total", "seconds", "cached"}`` (totals in vehicle-seconds over departed
     vehicles, as simulated by the env; ``incremental_total``: the warm start's)."""
     from leed_jax.dg.equilibrium import EquilibriumConfig, plan_routes
-    from leed_jax.dg.graph import RouteGraph
     from leed_jax.dg.planner import traffic_routes
 
     base = config or EquilibriumConfig(rounds=rounds or DEFAULT_ROUNDS)
@@ -185,7 +184,7 @@ def episode_yardstick(env, key, rounds: int | None = None, config=None) -> dict:
         return {**hit, "cached": True}
     t0 = time.perf_counter()
     p = env.params
-    inc = traffic_routes(RouteGraph.from_network(env.network), np.asarray(state.origin),
+    inc = traffic_routes(env.network, np.asarray(state.origin),
                          np.asarray(state.dest), np.asarray(state.depart),
                          dt=p.dt, alpha=p.alpha, beta=p.beta)
     out = {"vehicles": int(np.asarray(state.origin).shape[0])}

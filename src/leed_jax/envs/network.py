@@ -2,14 +2,19 @@
 
 Constructors: :func:`grid_network` (generated), :func:`read_tntp` (``*_net.tntp``),
 :func:`read_sumo` (SUMO ``.net.xml``, optional extra ``sumo``). Every constructor returns a
-:class:`RoadNetwork` whose derived tables (padded out-links, all-pairs free-flow times and
-next hops) are computed once here, so the JAX env only gathers from them.
+:class:`RoadNetwork` whose derived tables (padded out-links, turn-aware all-pairs free-flow
+times) are computed once here, so the JAX env only gathers from them. The same object is the
+DG stage's routing graph: node-level queries (``link_index``, ``successors``, ``shortest_from``
+on any link costs, ``shortest_path``, the plain all-pairs ``node_tt``) are computed on first use
+and cached, so an env that never plans pays nothing for them. Shortest paths use
+``scipy.sparse.csgraph.dijkstra`` (C speed, many sources at once).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +30,8 @@ class RoadNetwork:
         node_xy [V, 2]; node_names list[str]; link_src, link_dst [E] int;
         link_length [E] m; link_speed [E] m/s; link_lanes [E]; link_capacity [E] vehicles the
         link holds before the BPR law bites (n / c = 1); link_tfree [E] s;
-        out_links [V, K] link ids, -1 padded; tt [V, V] free-flow shortest time (inf where
-        unreachable); next_hop [V, V] first node after u on a shortest u→v path (-1).
+        out_links [V, K] link ids, -1 padded; tt [V, V] free-flow shortest time under the
+        turn rules (inf where unreachable; see below).
 
     Optional per-link data (``None`` → the default named here, filled in ``__post_init__``):
         link_ids list[str]: the source's own link names (SUMO edge ids; ``"u-v"`` otherwise,
@@ -46,8 +51,13 @@ class RoadNetwork:
         cannot be reached from e); link_next [E, V] the out-link a vehicle at the end of e
         takes on a fastest path to v (-1 at v or unreachable); ``tt`` [V, V] is the fastest
         time from departing at u to v under the same turn rules (equal to the plain graph's
-        shortest time when every turn is allowed). ``next_hop`` is the plain graph's next node
-        (a routing hint; under turn restrictions the env's masks are authoritative).
+        shortest time when every turn is allowed).
+
+    Node-level routing (the DG stage's planner, validator and prompts; computed on first use):
+        the plain directed graph of node pairs, every turn allowed, where parallel links
+        collapse to the fastest one (``link_index``); ``node_tt`` [V, V] its all-pairs
+        free-flow times. Under turn restrictions these are routing hints: the env's masks are
+        authoritative.
     """
 
     name: str
@@ -69,7 +79,6 @@ class RoadNetwork:
     link_tfree: np.ndarray = dataclasses.field(init=False)
     out_links: np.ndarray = dataclasses.field(init=False)
     tt: np.ndarray = dataclasses.field(init=False)
-    next_hop: np.ndarray = dataclasses.field(init=False)
     turn_allowed: np.ndarray = dataclasses.field(init=False)
     link_tt: np.ndarray = dataclasses.field(init=False)
     link_next: np.ndarray = dataclasses.field(init=False)
@@ -104,10 +113,8 @@ class RoadNetwork:
             fill[u] += 1
         set_("out_links", out)
         self._fill_optional(set_)
-        _, nh = _all_pairs(v, self.link_src, self.link_dst, self.link_tfree)
         link_tt, link_next, od_tt = _turn_aware_times(self)
         set_("tt", od_tt)
-        set_("next_hop", nh)
         set_("link_tt", link_tt)
         set_("link_next", link_next)
 
@@ -174,6 +181,79 @@ class RoadNetwork:
     def max_out_degree(self) -> int:
         return self.out_links.shape[1]
 
+    # -- node-level routing: the plain graph of node pairs (see the class docstring) -----------
+    @cached_property
+    def _pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(pair [P], link_pair [E], fastest [P])``: the adjacent node pairs as ``u * V + v``
+        (sorted), each link's pair, and the fastest link of each pair (the one a router takes;
+        among links of equal time the last listed)."""
+        key = self.link_src.astype(np.int64) * self.num_nodes + self.link_dst
+        pair, inv = np.unique(key, return_inverse=True)
+        order = np.lexsort((-np.arange(self.num_links), self.link_tfree, key))
+        _, first = np.unique(key[order], return_index=True)
+        return pair, inv.reshape(-1), order[first]
+
+    @cached_property
+    def _pair_to_link(self) -> dict[tuple[int, int], int]:
+        pair, _, fastest = self._pairs
+        v = self.num_nodes
+        return {(int(p // v), int(p % v)): int(e) for p, e in zip(pair, fastest)}
+
+    def link_index(self, u: int, v: int) -> int:
+        """Index of the (fastest) link ``u → v``, or -1 if the nodes are not adjacent."""
+        return self._pair_to_link.get((int(u), int(v)), -1)
+
+    @cached_property
+    def successors(self) -> tuple[tuple[int, ...], ...]:
+        """The nodes one link away from each node, ascending."""
+        out: list[list[int]] = [[] for _ in range(self.num_nodes)]
+        for (u, v) in self._pair_to_link:  # already sorted by (u, v)
+            out[u].append(v)
+        return tuple(tuple(s) for s in out)
+
+    def _matrix(self, link_cost: np.ndarray | None):
+        from scipy.sparse import csr_matrix
+
+        cost = self.link_tfree if link_cost is None else np.asarray(link_cost, dtype=np.float64)
+        # Parallel links: csr_matrix would add their costs; keep the cheapest instead.
+        pair, inv, _ = self._pairs
+        best = np.full(pair.shape, np.inf)
+        np.minimum.at(best, inv, np.maximum(cost, 1e-9))  # csgraph ignores explicit zeros
+        v = self.num_nodes
+        return csr_matrix((best, (pair // v, pair % v)), shape=(v, v))
+
+    def shortest_from(
+        self, sources: Sequence[int] | np.ndarray, link_cost: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Dijkstra from each source on the node graph, on free-flow times unless
+        ``link_cost [E]``: ``(dist [S, V], predecessor [S, V])`` (-9999 = none)."""
+        from scipy.sparse.csgraph import dijkstra
+
+        return dijkstra(self._matrix(link_cost), directed=True, indices=np.asarray(sources),
+                        return_predecessors=True)
+
+    @cached_property
+    def _free_all_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.shortest_from(np.arange(self.num_nodes))
+
+    @property
+    def node_tt(self) -> np.ndarray:
+        """All-pairs free-flow travel time ``[V, V]`` in seconds on the node graph (every turn
+        allowed; inf if unreachable)."""
+        return self._free_all_pairs[0]
+
+    def reachable(self, u: int, v: int) -> bool:
+        return bool(np.isfinite(self.node_tt[u, v]))
+
+    def shortest_path(self, u: int, v: int, link_cost: np.ndarray | None = None) -> list[int]:
+        """Nodes ``u .. v`` of a shortest path (free-flow times unless ``link_cost [E]``);
+        ``[]`` if ``v`` cannot be reached from ``u``."""
+        if link_cost is None:
+            pred = self._free_all_pairs[1][u]
+        else:
+            pred = self.shortest_from([u], link_cost)[1][0]
+        return path_from_predecessors(pred, u, v)
+
     def largest_strong_component(self) -> RoadNetwork:
         """The sub-network on the largest strongly connected set of *links*, where link e
         leads to link f when a vehicle may turn from e into f (``connections``). Every kept
@@ -224,26 +304,16 @@ def _remap_connections(conn: np.ndarray, keep_link: np.ndarray) -> np.ndarray:
     return mapped[(mapped >= 0).all(axis=1)]
 
 
-def _all_pairs(v, src, dst, cost):
-    """All-pairs free-flow times and next hops (Dijkstra from every node, on the reversed graph
-    so that the predecessor of u in the tree rooted at v is u's next hop towards v)."""
-    from scipy.sparse import csr_matrix
-    from scipy.sparse.csgraph import shortest_path
-
-    # Parallel links: keep the fastest (csr_matrix would add duplicates up).
-    best: dict[tuple[int, int], float] = {}
-    for s, d, c in zip(src.tolist(), dst.tolist(), cost.tolist()):
-        if s != d and c < best.get((s, d), math.inf):
-            best[(s, d)] = c
-    rows = np.array([d for (s, d) in best], np.int64)
-    cols = np.array([s for (s, d) in best], np.int64)
-    rev = csr_matrix((np.array(list(best.values())), (rows, cols)), shape=(v, v))
-    dist_rev, pred_rev = shortest_path(rev, method="D", directed=True, return_predecessors=True)
-    tt = dist_rev.T.copy()  # tt[u, v] = dist in reversed graph from v to u
-    next_hop = pred_rev.T.astype(np.int32)
-    next_hop[next_hop < 0] = -1
-    np.fill_diagonal(next_hop, np.arange(v))
-    return tt, next_hop
+def path_from_predecessors(pred: np.ndarray, u: int, v: int) -> list[int]:
+    """Walk a Dijkstra predecessor row back from ``v`` to ``u``."""
+    if u == v:
+        return [int(u)]
+    if pred[v] < 0:
+        return []
+    path = [int(v)]
+    while path[-1] != u:
+        path.append(int(pred[path[-1]]))
+    return path[::-1]
 
 
 def _turn_aware_times(net: RoadNetwork) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

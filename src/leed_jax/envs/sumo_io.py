@@ -222,17 +222,13 @@ def _follow(link_next: np.ndarray, link: int, dest: int, stop) -> list[int] | No
 def _close_gap(net: RoadNetwork, route: list[int], frm: int, to: int) -> int:
     """Append to ``route`` the free-flow shortest path of links from node ``frm`` to ``to``;
     returns how many links it appended."""
-    guard, added = net.num_nodes, 0
-    while frm != to and guard > 0:
-        nxt = int(net.next_hop[frm, to])
-        if nxt < 0:
-            raise ScenarioError(f"recorded route jumps from node {frm} to {to}, which is unreachable")
-        cands = [l for l in net.out_links[frm] if l >= 0 and net.link_dst[l] == nxt]
+    nodes = net.shortest_path(frm, to)
+    if not nodes:
+        raise ScenarioError(f"recorded route jumps from node {frm} to {to}, which is unreachable")
+    for u, nxt in zip(nodes[:-1], nodes[1:]):
+        cands = [l for l in net.out_links[u] if l >= 0 and net.link_dst[l] == nxt]
         route.append(int(min(cands, key=lambda l: net.link_tfree[l])))
-        frm = nxt
-        guard -= 1
-        added += 1
-    return added
+    return len(nodes) - 1
 
 
 # ---------------------------------------------------------------------------- policies

@@ -262,7 +262,6 @@ class TrafficEnv:
         self._tfree_n = jnp.asarray(network.link_tfree / network.link_tfree.max(), f32)
         self._tt = jnp.asarray(np.where(finite, network.tt, np.inf), f32)  # [V, V]
         self._tt_scale = tt_scale
-        self._next_hop = jnp.asarray(network.next_hop)
         self._xy = jnp.asarray((xy - lo) / span, f32)  # [V, 2] in [0, 1]
         self._origin = jnp.asarray(demand.origin)
         self._dest = jnp.asarray(demand.destination)

@@ -1,7 +1,8 @@
 """The PO stage: one trainer for LEED, IPPO, MAPPO and BC.
 
-``make_train(config, env, demos)`` builds a ``Trainer`` whose ``update(state) -> (state,
-metrics)`` is pure and jit-able: a rollout (``lax.scan``), GAE, and epochs of minibatch updates
+``make_train(config, env, demos)`` builds a ``Trainer`` whose ``update(state, demos) ->
+(state, metrics)`` is pure and jit-able (``chunk`` scans it; ``demos`` is the ``DemoBuffer``,
+passed as an argument so that one compiled program serves every buffer): a rollout (``lax.scan``), GAE, and epochs of minibatch updates
 of every agent's own loss
 
     L_i = PPO_i  +  w_i(t) · E_i,      E_i = −log π_i(a_demo | o_demo) on agent i's demos,
@@ -733,9 +734,10 @@ def resolve_demos(config: TrainConfig, env, out_dir: pathlib.Path, say=print):
     overrides = {"num_agents": config.num_agents} if config.num_agents else None
     path = pathlib.Path(out_dir) / "demos"
     if is_writer():
+        options = {f.name: getattr(config.dg, f.name) for f in dataclasses.fields(config.dg)}
         path = generate_demos(
-            config.scenario, source="auto", model=config.model, out=path,
-            seed=config.seed, overrides=overrides, progress=config.progress,
+            config.scenario, out=path, seed=config.seed, overrides=overrides,
+            progress=config.progress, **options,
         )
     sync("leed_jax demos written")
     meta = read_demo_meta(path)
