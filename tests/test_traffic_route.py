@@ -2,9 +2,12 @@
 a vehicle crossing several nodes within one step follows its plan, not the fastest links.
 (Both queue implementations with routes: tests/test_traffic_heads.py.)"""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from leed_jax.dg.executor import executor_for, pad_targets, traffic_route
 from leed_jax.envs.demand import Demand
@@ -38,10 +41,18 @@ def test_executed_plans_are_followed_within_a_step():
     # The plans' links, as the executor hands them to the env.
     links = np.asarray(traffic_route(env, jnp.asarray(demand.origin), targets))
     for p, row in zip(DETOURS, links[-3:]):
-        assert [(int(net.link_src[x]), int(net.link_dst[x])) for x in row[:8]] == list(zip(p[:-1], p[1:]))
+        assert [(int(net.link_src[x]), int(net.link_dst[x])) for x in row[:8]] == list(itertools.pairwise(p))
         assert (row[8:] == -1).all()  # the padding repeats the destination: no link
     assert out.extras["arrived"].all()
     tt = np.asarray(out.extras["travel_time"])
     assert (dep[:60] * 10.0 + tt[:60]).max() < 300.0  # the jam has cleared before the lone ones leave
     np.testing.assert_allclose(tt[60:], 24.0, rtol=1e-5)  # 8 links x 3 s, crossed 3 per step
     assert tt[:60].max() > 30.0 and (out.extras["peak_link_counts"] >= net.link_storage).any()  # it was a jam
+
+
+def test_route_of_the_wrong_shape_is_one_clear_error():
+    net = grid_network(2, 2)
+    env = TrafficEnv(net, Demand(np.zeros(3, np.int32), np.full(3, 3, np.int32), np.zeros(3, np.int32)))
+    _, state = env.reset(jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match=r"route must be \[num_agents=3, L\].*\(2, 4\)"):
+        env.step(None, state, jnp.zeros(3, jnp.int32), route=jnp.zeros((2, 4), jnp.int32))

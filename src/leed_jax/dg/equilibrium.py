@@ -94,7 +94,7 @@ class PlanResult(NamedTuple):
     seconds: float
     # Per round, Σ|simulated − table-predicted time| / Σ simulated over the current routes: how
     # well the link-time table prices the routes it was built from (a floor for the gap).
-    table_errors: list[float] = []
+    table_errors: list[float]
 
 
 # ----------------------------------------------------------------------------- candidates

@@ -30,8 +30,9 @@ chosen link is off its fastest path is sent on along the fastest path from there
 turn straight back (a U-turn where the network allows one): the observation's per-slot
 "time to destination through this link" is computed from the same table, so a policy sees
 what a choice implies, but a fixed multi-node plan cannot be expressed by one action per step
-(executed without ``route``, such plans can loop until the horizon on short links). ``info["decision"]`` marks the vehicles whose action was used
-(they crossed their next node, or left their origin, in this step). The per-step work is a
+(executed without ``route``, such plans can loop until the horizon on short links).
+``info["decision"]`` marks the vehicles whose action was used (they crossed their next node,
+or left their origin, in this step). The per-step work is a
 loop of at most ``moves`` passes (``jax.lax.while_loop``, stopping after a pass in which
 nobody moved; shapes stay static); each pass lets the head of every
 link's queue (and every departing vehicle) move once, so one link releases at most ``moves``
@@ -326,6 +327,9 @@ class TrafficEnv:
         The ``step`` link model (at most one link per step) has no in-step hops and ignores it."""
         del key
         p = self.params
+        if route is not None and (route.ndim != 2 or route.shape[0] != self.spec.num_agents):
+            raise ValueError(f"TrafficEnv.step: route must be [num_agents={self.spec.num_agents}, L] link ids, "
+                             f"got shape {tuple(route.shape)}")
         active = (state.status == AT_NODE) | (state.status == ON_LINK)  # [N] en route at the step start
         # The chosen link at the decision node; an invalid action falls back to the first
         # allowed slot (masks make this rare).
