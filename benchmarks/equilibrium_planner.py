@@ -4,8 +4,10 @@
         [--set rounds=30] [--set turn_aware=false] [--set censored=false]
 
 For each episode: total travel time (vehicle-seconds) of each plan as executed by the DG
-executor, planning seconds, rounds, and the relative gap (first round = the incremental
-warm start, least, last). ``--set`` changes an ``EquilibriumConfig`` field (JSON values).
+executor, planning seconds, rounds, the relative gap (first round = the incremental warm
+start, least, last), the simulated total of the first, best and last round, and the link-time
+table's error on the current routes (Σ|simulated − predicted| / Σ simulated, first and last
+round: the gap cannot fall much below it). ``--set`` changes an ``EquilibriumConfig`` field (JSON values).
 Planning seconds of the first episode include compilation. Last line JSON.
 """
 
@@ -58,7 +60,9 @@ for k in [int(x) for x in args.keys.split(",")]:
         ep[obj] = {"total_travel_time": tt, "seconds": round(res.seconds, 2), "rounds": len(res.gaps),
                    "vs_incremental_pct": round(100 * (tt / ep["incremental"]["total_travel_time"] - 1), 2),
                    "first_gap": round(res.gaps[0], 4), "least_gap": round(min(res.gaps), 4),
-                   "last_gap": round(res.gaps[-1], 4)}
+                   "last_gap": round(res.gaps[-1], 4),
+                   "totals_first_least_last": [round(res.totals[0]), round(min(res.totals)), round(res.totals[-1])],
+                   "table_error_first_last": [round(res.table_errors[0], 4), round(res.table_errors[-1], 4)]}
     print(json.dumps(ep), flush=True)
     out["episodes"].append(ep)
 out["loadavg"] = os.getloadavg()

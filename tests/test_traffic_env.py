@@ -75,10 +75,10 @@ def test_lone_vehicle_free_flow_time_on_known_path():
     _, state = env.reset(jax.random.PRNGKey(0))
     arrived_step = None
     decisions = 0
+    step = jax.jit(lambda s, nxt: env.step(None, s, env.slot_towards(s, nxt)))  # one compile, not op-by-op
     for t in range(30):
         nxt = path[path.index(int(state.node[0])) + 1] if int(state.node[0]) != 8 else 8
-        a = env.slot_towards(state, jnp.array([nxt]))
-        _, state, r, d, info = env.step(None, state, a)
+        _, state, r, d, info = step(state, jnp.array([nxt]))
         decisions += int(info["decision"][0])
         if info["arrived"][0]:
             arrived_step = t + 1
@@ -98,8 +98,9 @@ def test_bpr_slowdown_matches_law():
     p = TrafficParams(dt=10.0, horizon=40, link_model="step")
     env = TrafficEnv(net, demand, p)
     _, state = env.reset(jax.random.PRNGKey(0))
+    step = jax.jit(lambda s: env.step(None, s, jnp.zeros(n, jnp.int32))[1])  # one compile, not op-by-op
     for _ in range(40):
-        _, state, *_ = env.step(None, state, jnp.zeros(n, jnp.int32))
+        state = step(state)
     t_link = 20.0 * (1 + 0.15 * ((n - 1) / 4.0) ** 4)
     expected = math.ceil(t_link / 10.0 - 1e-6)
     assert (np.asarray(state.arrived_at) == expected).all()

@@ -1,5 +1,6 @@
 """queue_impl="heads" (O(E) per pass) gives the same trajectories as the reference "vehicles"
-implementation (O(N) per pass), on jammed random cases; read_sumo's junction crossings."""
+implementation (O(N) per pass), on jammed random cases, with and without planned routes for the
+in-step hops; read_sumo's junction crossings."""
 
 import dataclasses
 
@@ -17,8 +18,22 @@ FIELDS = ("status", "node", "link", "prev_link", "enter", "ready", "ticket", "bl
           "travel_time", "head", "tail", "free_at", "progress")
 
 
-def _trajectory(env, steps, seed):
-    """Every step's state under random valid actions (one jit)."""
+def _walks(net, n, length, rng):
+    """``[n, length]`` random walks of links (consecutive links joined, no immediate U-turn
+    where avoidable); rows from ``n // 2`` on are −1 (no route: the fastest-link fallback)."""
+    out = -np.ones((n, length), np.int32)
+    for i in range(n // 2):
+        link = int(rng.integers(net.num_links))
+        for j in range(length):
+            out[i, j] = link
+            nxt = [x for x in net.out_links[net.link_dst[link]] if x >= 0 and net.link_dst[x] != net.link_src[link]]
+            link = int(rng.choice(nxt))
+    return out
+
+
+def _trajectory(env, steps, seed, route):
+    """Every step's state under random valid actions (one jit); in-step hops follow ``route``
+    (walks that contain many links, so a vehicle's chosen link is often in its row)."""
 
     @jax.jit
     def go(key):
@@ -26,7 +41,7 @@ def _trajectory(env, steps, seed):
 
         def body(s, k):
             a = jax.random.categorical(k, jnp.where(env.avail_actions(s), 0.0, -jnp.inf))
-            _, s, _, _, info = env.step(k, s, a)
+            _, s, _, _, info = env.step(k, s, a, route=route)
             return s, (s, info["decision"], info["pending_moves"])
 
         return jax.lax.scan(body, s, jax.random.split(key, steps))[1]
@@ -52,7 +67,8 @@ def test_heads_matches_vehicles(case=CASE):
     ref = TrafficEnv(net, demand, params)
     fast = TrafficEnv(net, demand, dataclasses.replace(params, queue_impl="heads"))
     assert fast._heads and not ref._heads
-    (sa, da, pa), (sb, db, pb) = _trajectory(ref, case["steps"], 0), _trajectory(fast, case["steps"], 0)
+    route = jnp.asarray(_walks(net, n, 40, rng))
+    (sa, da, pa), (sb, db, pb) = _trajectory(ref, case["steps"], 0, route), _trajectory(fast, case["steps"], 0, route)
     for f in FIELDS:
         np.testing.assert_array_equal(np.asarray(getattr(sa, f)), np.asarray(getattr(sb, f)), err_msg=f)
     np.testing.assert_array_equal(np.asarray(da), np.asarray(db))

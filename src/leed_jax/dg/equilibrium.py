@@ -28,8 +28,11 @@ c_e``. It ignores delay propagated upstream by spillback and queues persisting i
 bins, so it under-estimates the externality — a documented lower bound, not an exact
 marginal cost.
 
-Traversals that span several links within one env step are recorded as one traversal of the
-first link (the time includes the later links) — a small over-estimate on very short links.
+The simulation hands each vehicle's planned links to the env (``step(..., route=)``), so a
+vehicle that crosses several nodes within one step follows its plan there too. Such a span
+(several short links in one step) is split over its links: each later link is recorded at its
+free-flow time, the first link with the rest (queueing within the step is put on the first
+link; the env does not report the intermediate crossing times).
 """
 
 from __future__ import annotations
@@ -44,13 +47,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from leed_jax.dg.executor import _traffic_policy, pad_targets
+from leed_jax.dg.executor import _traffic_policy, pad_targets, remaining_route, traffic_route
 from leed_jax.envs.network import RoadNetwork, path_from_predecessors
 
 log = logging.getLogger("leed_jax.dg")
 
 OBJECTIVES = ("equilibrium", "optimum")
-_ARRIVED = 3  # leed_jax.envs.traffic.ARRIVED
+_AT_NODE, _ARRIVED = 1, 3  # leed_jax.envs.traffic.AT_NODE, ARRIVED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +63,10 @@ class EquilibriumConfig:
     of the entry-time bins of the link-time table (seconds; 0 → 6 env steps). censored: also
     record the traversals still under way at the horizon, at their time so far (a lower bound;
     False: only completed traversals, as before). turn_aware: candidate routes searched on the
-    link graph under the network's allowed turns (False: on the node graph, as before)."""
+    link graph under the network's allowed turns (False: on the node graph, as before).
+    split_steps: a traversal span that crossed several planned links within one env step is
+    split over them (each later link at its free-flow time, the first the rest; False: the
+    whole span is recorded as one traversal of its first link, as before)."""
 
     objective: str = "equilibrium"
     candidates: int = 6
@@ -71,6 +77,7 @@ class EquilibriumConfig:
     seed: int = 0
     censored: bool = True
     turn_aware: bool = True
+    split_steps: bool = True
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -85,6 +92,9 @@ class PlanResult(NamedTuple):
     gaps: list[float]  # relative gap per round
     totals: list[float]  # total experienced travel time per round
     seconds: float
+    # Per round, Σ|simulated − table-predicted time| / Σ simulated over the current routes: how
+    # well the link-time table prices the routes it was built from (a floor for the gap).
+    table_errors: list[float]
 
 
 # ----------------------------------------------------------------------------- candidates
@@ -158,45 +168,70 @@ def _links_of(graph: RoadNetwork, path: list[int]) -> list[int]:
 
 
 # ----------------------------------------------------------------------------- simulation
-def _build_sim(env, num_bins: int, bin_s: float, censored: bool = True):
+def _build_sim(env, num_bins: int, bin_s: float, censored: bool = True, split_steps: bool = True):
     policy = _traffic_policy(env)
     dt = float(env.params.dt)
     e = int(env.network.link_src.shape[0])
     horizon = env.spec.horizon
+    size = e * num_bins + 1  # flat (link, bin) table, last cell a sink for "nothing"
+
+    def record(tables, mask, links, enter, spent, delayed):
+        tsum, cnt, ndel = tables
+        b = jnp.clip((enter / bin_s).astype(jnp.int32), 0, num_bins - 1)
+        idx = jnp.where(mask, jnp.maximum(links, 0) * num_bins + b, e * num_bins).reshape(-1)
+        tsum = tsum + jax.ops.segment_sum(jnp.where(mask, spent, 0.0).reshape(-1), idx, size)
+        cnt = cnt + jax.ops.segment_sum(mask.astype(jnp.float32).reshape(-1), idx, size)
+        ndel = ndel + jax.ops.segment_sum((mask & delayed).astype(jnp.float32).reshape(-1), idx, size)
+        return tsum, cnt, ndel
 
     def run(key, obs, state, targets):
         n = targets.shape[0]
+        route = traffic_route(env, state.origin, targets)  # [N, L] planned links
+        pos = jnp.arange(route.shape[1])
+
+        def first(hit):
+            return jnp.where(hit.any(axis=1), jnp.argmax(hit, axis=1), route.shape[1])
 
         def body(carry, key_t):
-            s, ptr, tsum, cnt, ndel = carry
+            s, ptr, tables = carry
             action, ptr = policy(s, targets, ptr)
-            _, s2, _, _, _ = env.step(key_t, s, action)
+            rest = remaining_route(route, ptr)
+            _, s2, _, _, _ = env.step(key_t, s, action, route=rest)
             was_on = s.link >= 0
             left = was_on & ((s2.link != s.link) | (s2.enter != s.enter))
-            exit_t = jnp.where(s2.status == _ARRIVED, s2.arrive_time, s2.enter)
+            arrived = s2.status == _ARRIVED
+            exit_t = jnp.where(arrived, s2.arrive_time, s2.enter)  # end of the span left in this step
             exp = jnp.maximum(exit_t - s.enter, 0.0)
-            b = jnp.clip((s.enter / bin_s).astype(jnp.int32), 0, num_bins - 1)
-            idx = jnp.where(left, s.link * num_bins + b, e * num_bins)
-            tsum = tsum + jax.ops.segment_sum(jnp.where(left, exp, 0.0), idx, e * num_bins + 1)
-            cnt = cnt + jax.ops.segment_sum(left.astype(jnp.float32), idx, e * num_bins + 1)
-            delayed = left & (exp > tfree[jnp.maximum(s.link, 0)] * 1.05 + 1e-3)
-            ndel = ndel + jax.ops.segment_sum(delayed.astype(jnp.float32), idx, e * num_bins + 1)
-            return (s2, ptr, tsum, cnt, ndel), None
+            if split_steps:
+                # The span from s.link's entry to exit_t may include links crossed whole within
+                # this step (short links); with the plan followed they are the planned links
+                # between s.link and s2.link. Each gets its free-flow time (entered backwards
+                # from exit_t), s.link the rest, so the table prices every link of the span.
+                departed_now = (s.status == _AT_NODE) & (s2.status != _AT_NODE)
+                j0 = jnp.where(was_on, first(rest == s.link[:, None]), -1)
+                after = pos[None, :] > j0[:, None]
+                j1 = jnp.where(arrived, route.shape[1], first((rest == s2.link[:, None]) & after))
+                ok = (left | departed_now) & (j0 < route.shape[1]) & (arrived | (j1 < route.shape[1]))
+                mid = ok[:, None] & after & (pos[None, :] < j1[:, None]) & (rest >= 0)
+                mt = jnp.where(mid, tfree[jnp.maximum(rest, 0)], 0.0)  # [N, L]
+                to_end = jnp.cumsum(mt[:, ::-1], axis=1)[:, ::-1]  # free-flow time from link j's entry to exit_t
+                tables = record(tables, mid, rest, exit_t[:, None] - to_end, mt, jnp.zeros_like(mid))
+                exp = jnp.where(ok & was_on, jnp.maximum(exp - mt.sum(axis=1), 0.0), exp)
+            delayed = exp > tfree[jnp.maximum(s.link, 0)] * 1.05 + 1e-3
+            tables = record(tables, left, s.link, s.enter, exp, delayed)
+            return (s2, ptr, tables), None
 
-        z = jnp.zeros(e * num_bins + 1, jnp.float32)
+        z = jnp.zeros(size, jnp.float32)
         keys = jax.random.split(key, horizon)
-        (sf, _, tsum, cnt, ndel), _ = jax.lax.scan(body, (state, jnp.zeros(n, jnp.int32), z, z, z), keys)
+        (sf, _, tables), _ = jax.lax.scan(body, (state, jnp.zeros(n, jnp.int32), (z, z, z)), keys)
         if censored:
             # Vehicles still on a link at the horizon: their time so far is a lower bound of
             # that traversal. Left out, a jammed link's late bins would look free (no one
             # left it), and the search would keep sending vehicles into the jam.
             on = (sf.link >= 0) & (sf.status != _ARRIVED)
             so_far = jnp.maximum(sf.t.astype(jnp.float32) * dt - sf.enter, 0.0)
-            b = jnp.clip((sf.enter / bin_s).astype(jnp.int32), 0, num_bins - 1)
-            idx = jnp.where(on, sf.link * num_bins + b, e * num_bins)
-            tsum = tsum + jax.ops.segment_sum(jnp.where(on, so_far, 0.0), idx, e * num_bins + 1)
-            cnt = cnt + jax.ops.segment_sum(on.astype(jnp.float32), idx, e * num_bins + 1)
-            ndel = ndel + jax.ops.segment_sum(on.astype(jnp.float32), idx, e * num_bins + 1)
+            tables = record(tables, on, sf.link, sf.enter, so_far, on)
+        tsum, cnt, ndel = tables
         departed = sf.status != 0
         return (tsum[:-1].reshape(e, num_bins), cnt[:-1].reshape(e, num_bins),
                 ndel[:-1].reshape(e, num_bins), jnp.where(departed, sf.travel_time, 0.0),
@@ -233,11 +268,11 @@ def _build_cost(num_bins: int, bin_s: float):
 _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _compiled(env, num_bins: int, bin_s: float, censored: bool = True):
+def _compiled(env, num_bins: int, bin_s: float, censored: bool = True, split_steps: bool = True):
     per_env = _COMPILED.setdefault(env, {})
-    key = (num_bins, float(bin_s), bool(censored))
+    key = (num_bins, float(bin_s), bool(censored), bool(split_steps))
     if key not in per_env:
-        per_env[key] = (_build_sim(env, num_bins, bin_s, censored), _build_cost(num_bins, bin_s))
+        per_env[key] = (_build_sim(env, num_bins, bin_s, censored, split_steps), _build_cost(num_bins, bin_s))
     return per_env[key]
 
 
@@ -290,7 +325,7 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
         return [per_pair[inverse[i]][ch[i]] if valid[i, ch[i]] else [int(origin[i])]
                 for i in range(n)]
 
-    sim, cost_fn = _compiled(env, num_bins, bin_s, config.censored)
+    sim, cost_fn = _compiled(env, num_bins, bin_s, config.censored, config.split_steps)
     tfree = graph.link_tfree[:, None] * np.ones((1, num_bins))
     flow = np.asarray(getattr(env.network, "link_flow_capacity", None)
                       if getattr(env.network, "link_flow_capacity", None) is not None
@@ -298,7 +333,7 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
     rng = np.random.default_rng(config.seed)
     sim_key = jax.random.fold_in(key, 1)
     links_j, depart_j, valid_j = jnp.asarray(links), jnp.asarray(depart_s, jnp.float32), jnp.asarray(valid)
-    gaps, totals = [], []
+    gaps, totals, errors = [], [], []
     best = (np.inf, choice.copy())
     for r in range(config.rounds):
         targets = pad_targets([p[1:] if len(p) > 1 else p for p in paths_of(choice)])
@@ -308,11 +343,16 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
         if total < best[0]:
             best = (total, choice.copy())
         seen = cnt > 0
-        table = np.where(seen, tsum / np.maximum(cnt, 1), tfree)
+        own = np.where(seen, tsum / np.maximum(cnt, 1), tfree)
+        table = own
         if config.objective == "optimum":
-            table = table + 0.5 * ndel / np.maximum(flow[:, None], 1e-9)
+            table = own + 0.5 * ndel / np.maximum(flow[:, None], 1e-9)
         cost = np.asarray(cost_fn(links_j, depart_j, jnp.asarray(table, jnp.float32), valid_j))
         current = cost[np.arange(n), choice]
+        if config.objective == "optimum":  # own time of the current routes, for the table error
+            current_own = np.asarray(cost_fn(links_j, depart_j, jnp.asarray(own, jnp.float32), valid_j))[np.arange(n), choice]
+        else:
+            current_own = current
         best_c = cost.min(1)
         # Experienced cost of the current routes: simulated time (a vehicle that did not arrive
         # counts its time so far plus the table's estimate would double count; use max).
@@ -320,15 +360,16 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
         denom = max(float(experienced.sum()), 1e-9)
         gap = float((experienced.sum() - best_c.sum()) / denom)
         gaps.append(gap)
+        errors.append(float(np.abs(tt - current_own).sum() / max(float(tt.sum()), 1e-9)))
         if progress or log.isEnabledFor(logging.INFO):
-            log.info("equilibrium planner (%s) round %d: total %.0f s, gap %.4f",
-                     config.objective, r + 1, total, gap)
+            log.info("equilibrium planner (%s) round %d: total %.0f s, gap %.4f, table error %.4f",
+                     config.objective, r + 1, total, gap, errors[-1])
         if gap < config.gap_tol:
             break
         improve = best_c < current - 1e-3
         switch = improve & (rng.random(n) < 1.0 / (r + 2))
         choice = np.where(switch, cost.argmin(1), choice)
-    return PlanResult(paths_of(best[1]), best[0], gaps, totals, time.perf_counter() - t_start)
+    return PlanResult(paths_of(best[1]), best[0], gaps, totals, time.perf_counter() - t_start, errors)
 
 
 def yardsticks(env, keys, config: EquilibriumConfig = EquilibriumConfig(), rounds: int | None = None) -> dict:

@@ -10,7 +10,10 @@ agent keeps a pointer into its row:
 
 * traffic — the row is the full node path after the origin (consecutive nodes adjacent). The
   pointer moves on when the vehicle's decision node (the node ahead) is its current target; the action is
-  ``env.slot_towards(state, target)``.
+  ``env.slot_towards(state, target)``. The plan's links (:func:`traffic_route`) go to
+  ``env.step(..., route=...)`` as well (the part from the vehicle's current link on), so
+  that a vehicle crossing several nodes within one step follows its plan there too instead
+  of the network's free-flow fastest links.
 * MPE — the row is a landmark sequence. The pointer moves on when the agent is within
   ``MPE_REACHED`` of its landmark (the last one is held). The action is the discrete force
   (0 none, 1 −x, 2 +x, 3 −y, 4 +y; jaxmarl's ``_decode_discrete_action``) whose predicted
@@ -61,6 +64,32 @@ def _traffic_policy(env) -> Policy:
         return env.slot_towards(state, targets[rows, ptr]), ptr
 
     return policy
+
+
+def traffic_route(env, origin: jax.Array, targets: jax.Array) -> jax.Array:
+    """``[N, L]`` int32 link ids of the node paths ``origin [N]`` + ``targets [N, L]`` (the
+    executor's padded rows): entry ``j`` is the link into ``targets[:, j]`` (the fastest one
+    where parallel links join the two nodes), −1 where the row repeats a node (padding) or no
+    link joins them. Pure JAX, O(N·L·K)."""
+    out = jnp.asarray(env.network.out_links)  # [V, K]
+    dst = jnp.asarray(env.network.link_dst)
+    tfree = jnp.asarray(env.network.link_tfree, jnp.float32)
+    prev = jnp.concatenate([origin[:, None], targets[:, :-1]], axis=1)  # [N, L]
+    cand = out[prev]  # [N, L, K]
+    cs = jnp.maximum(cand, 0)
+    match = (cand >= 0) & (dst[cs] == targets[..., None])
+    cost = jnp.where(match, tfree[cs], jnp.inf)
+    best = jnp.take_along_axis(cand, jnp.argmin(cost, axis=-1)[..., None], -1)[..., 0]
+    return jnp.where(match.any(axis=-1) & (prev != targets), best, -1).astype(jnp.int32)
+
+
+def remaining_route(route: jax.Array, ptr: jax.Array) -> jax.Array:
+    """``route [N, L]`` with the links before the vehicle's current one masked (−1): after the
+    policy step the pointer names the target after the decision node, so the vehicle is on or
+    past link ``ptr − 1`` (masking what it has passed keeps a plan that repeats a link from
+    sending it round again)."""
+    cols = jnp.arange(route.shape[1])
+    return jnp.where(cols[None, :] >= ptr[:, None] - 1, route, -1)
 
 
 def _mpe_dynamics(env) -> tuple[int, float, float, jax.Array]:
@@ -133,11 +162,16 @@ def _build(env):
         e = env.spec.global_state_dim - 2 if family == "traffic" else 1
         peak0 = jnp.zeros(e, jnp.float32)
 
+        route = traffic_route(env, state.origin, targets) if family == "traffic" else None
+
         def body(carry, key_t):
             state, obs, ptr, done_before, peak = carry
             avail = env.avail_actions(state)  # [N, A]
             action, ptr = policy(state, targets, ptr)
-            obs2, state2, reward, done, info = env.step(key_t, state, action)
+            if family == "traffic":
+                obs2, state2, reward, done, info = env.step(key_t, state, action, route=remaining_route(route, ptr))
+            else:
+                obs2, state2, reward, done, info = env.step(key_t, state, action)
             if family == "traffic":
                 peak = jnp.maximum(peak, info["link_counts"])
             live = ~done_before

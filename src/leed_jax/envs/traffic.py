@@ -23,8 +23,16 @@ Time (queue and bpr). Each vehicle carries an exact continuous clock: a step cov
 choice for the *next* node it reaches (a vehicle on a link already sees that node's
 out-links); further nodes reached within the same step follow the free-flow fastest path
 (``RoadNetwork.link_next``), so a lone vehicle's travel time is its route's continuous
-free-flow time for any dt. ``info["decision"]`` marks the vehicles whose action was used
-(they crossed their next node, or left their origin, in this step). The per-step work is a
+free-flow time for any dt. A caller that knows each vehicle's intended route (the DG
+executor, the equilibrium planner) passes it as ``step(..., route=[N, L] link ids)``; those
+in-step hops then follow the route wherever it is an allowed turn. Without it a vehicle whose
+chosen link is off its fastest path is sent on along the fastest path from there, which may
+turn straight back (a U-turn where the network allows one): the observation's per-slot
+"time to destination through this link" is computed from the same table, so a policy sees
+what a choice implies, but a fixed multi-node plan cannot be expressed by one action per step
+(executed without ``route``, such plans can loop until the horizon on short links).
+``info["decision"]`` marks the vehicles whose action was used (they crossed their next node,
+or left their origin, in this step). The per-step work is a
 loop of at most ``moves`` passes (``jax.lax.while_loop``, stopping after a pass in which
 nobody moved; shapes stay static); each pass lets the head of every
 link's queue (and every departing vehicle) move once, so one link releases at most ``moves``
@@ -245,6 +253,12 @@ class TrafficEnv:
         self._turn = jnp.asarray(network.turn_allowed)  # [E, K]
         self._link_tt = jnp.asarray(np.where(np.isfinite(network.link_tt), network.link_tt, np.inf), f32)  # [E, V]
         self._link_next = jnp.asarray(network.link_next)  # [E, V]
+        self._src = jnp.asarray(network.link_src)  # [E]
+        # Slot of each link in its tail node's out-link list (turn checks of routed hops).
+        slot_of = np.zeros(network.num_links, np.int32)
+        rows, cols = np.nonzero(network.out_links >= 0)
+        slot_of[network.out_links[rows, cols]] = cols
+        self._slot_of = jnp.asarray(slot_of)  # [E]
         self._len_n = jnp.asarray(network.link_length / network.link_length.max(), f32)
         self._tfree_n = jnp.asarray(network.link_tfree / network.link_tfree.max(), f32)
         self._tt = jnp.asarray(np.where(finite, network.tt, np.inf), f32)  # [V, V]
@@ -304,9 +318,18 @@ class TrafficEnv:
         )
         return self._obs(state), state
 
-    def step(self, key, state: TrafficState, actions: jax.Array):
+    def step(self, key, state: TrafficState, actions: jax.Array, route: jax.Array | None = None):
+        """One step. ``route`` (optional, ``[N, L]`` int32 link ids, −1 padded): each vehicle's
+        planned links; a vehicle that crosses further nodes within the step after its chosen
+        link takes the link that follows its current one in its row (first occurrence) where
+        the turn rules allow it, and the free-flow fastest link (``link_next``) otherwise. The
+        DG executor passes its plans here; without it every in-step hop takes ``link_next``.
+        The ``step`` link model (at most one link per step) has no in-step hops and ignores it."""
         del key
         p = self.params
+        if route is not None and (route.ndim != 2 or route.shape[0] != self.spec.num_agents):
+            raise ValueError(f"TrafficEnv.step: route must be [num_agents={self.spec.num_agents}, L] link ids, "
+                             f"got shape {tuple(route.shape)}")
         active = (state.status == AT_NODE) | (state.status == ON_LINK)  # [N] en route at the step start
         # The chosen link at the decision node; an invalid action falls back to the first
         # allowed slot (masks make this rare).
@@ -320,7 +343,7 @@ class TrafficEnv:
             pending = jnp.zeros((), jnp.int32)
         else:
             move = self._move_heads if self._heads else self._move_continuous
-            new, arrived_now, decision, en_route_s = move(state, chosen)
+            new, arrived_now, decision, en_route_s = move(state, chosen, route)
             pending = self._pending(new)
         t = new.t
         at_horizon = t >= p.horizon
@@ -365,7 +388,24 @@ class TrafficEnv:
         return jnp.concatenate([occ, jnp.stack([frac, en_route])])
 
     # ------------------------------------------------------------------ dynamics
-    def _move_continuous(self, s: TrafficState, chosen: jax.Array):
+    def _hop(self, ls: jax.Array, dest: jax.Array, rows: jax.Array | None) -> jax.Array:
+        """The link a vehicle takes after link ``ls`` when it crosses its head within a step
+        without a decision: the one after ``ls`` in its planned ``rows [.., L]`` (``step``'s
+        ``route``) if that is an allowed turn from which ``dest`` stays reachable, else the
+        free-flow fastest one, ``link_next[ls, dest]``."""
+        fastest = self._link_next[ls, dest]
+        if rows is None:
+            return fastest
+        length = rows.shape[-1]
+        hit = rows == ls[..., None]
+        j = jnp.argmax(hit, axis=-1) + 1  # position after the first occurrence
+        planned = jnp.take_along_axis(rows, jnp.minimum(j, length - 1)[..., None], -1)[..., 0]
+        ps = jnp.maximum(planned, 0)
+        ok = (hit.any(axis=-1) & (j < length) & (planned >= 0) & (self._src[ps] == self._dst[ls])
+              & self._turn[ls, self._slot_of[ps]] & jnp.isfinite(self._link_tt[ps, dest]))
+        return jnp.where(ok, planned, fastest)
+
+    def _move_continuous(self, s: TrafficState, chosen: jax.Array, route: jax.Array | None = None):
         """The queue / bpr models over one step [T0, T1) in continuous time (module docstring).
         Returns the new state, arrived_now [N], decision [N] and seconds en route in the step."""
         p = self.params
@@ -383,7 +423,7 @@ class TrafficEnv:
             on = status == ON_LINK
             departing = status == AT_NODE
             at_dest = on & (node == s.dest)
-            nxt = jnp.where(used, self._link_next[ls, s.dest], chosen)
+            nxt = jnp.where(used, self._hop(ls, s.dest, route), chosen)
             nxt = jnp.where(at_dest, -1, nxt)  # -1: the destination (a sink without storage)
             ns = jnp.maximum(nxt, 0)
             if queue:
@@ -472,7 +512,7 @@ class TrafficEnv:
         )
         return new, arrived_now, decided, en_route_s
 
-    def _move_heads(self, s: TrafficState, chosen: jax.Array):
+    def _move_heads(self, s: TrafficState, chosen: jax.Array, route: jax.Array | None = None):
         """The queue model's step (free running time) with the same passes and the same results
         as :meth:`_move_continuous`, at O(E) per pass instead of O(N).
 
@@ -554,7 +594,7 @@ class TrafficEnv:
             c_dest = s.dest[v]
             c_used = used[v]
             at_dest = on & (node[v] == c_dest)
-            nxt = jnp.where(c_used, self._link_next[ls, c_dest], chosen[v])
+            nxt = jnp.where(c_used, self._hop(ls, c_dest, None if route is None else route[v]), chosen[v])
             nxt = jnp.where(at_dest, -1, nxt)
             ns = jnp.maximum(nxt, 0)
             # Unrefused departers become refused once a pass found their link full.
