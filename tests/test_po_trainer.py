@@ -16,7 +16,7 @@ import pytest
 from test_po_toy import ToyEnv, toy_demos
 
 from leed_jax.config import TrainConfig
-from leed_jax.io.checkpoint import Checkpointer
+from leed_jax.io.checkpoint import Checkpointer, checkpoint_steps
 from leed_jax.po.loop import TrainingError, env_steps_at, train
 from leed_jax.po.trainer import make_train, seed_keys
 
@@ -25,7 +25,8 @@ TESTS = Path(__file__).parent
 # program (shared through JAX's persistent cache), the NaN and --seeds ones aside.
 CFG = TrainConfig(
     algo="leed", num_envs=4, num_steps=12, total_steps=4 * 12 * 20, num_minibatches=2,
-    update_epochs=2, log_every=1, checkpoint_every=2, lr=3e-3, expert_batch_size=8,
+    update_epochs=2, log_every=1, checkpoint_every=2, checkpoint_interval_s=0.0, lr=3e-3,
+    expert_batch_size=8,
     progress=False, eval_envs=4, warm_start_steps=200, warm_critic_updates=1,
 )
 # The warm start (default for leed) runs before update 1 and is checkpointed at update 0; its
@@ -110,10 +111,12 @@ def test_seeds_vmap_equals_separate_runs():
 
 def test_stop_and_resume_reaches_the_same_parameters(reference, tmp_path):
     env = ToyEnv()
-    cfg = CFG.replace(out=str(tmp_path / "run"))
+    # A minimum interval longer than the run: no periodic save (the one due after chunk 2 is
+    # skipped), but the warm start's (update 0) and the last chunk of the call are saved.
+    cfg = CFG.replace(out=str(tmp_path / "run"), checkpoint_interval_s=1e9)
     first = train(cfg, env=env, demos=toy_demos(env), max_chunks=3)
     assert int(first.state.update[0]) == 3 and not first.summary["finished"]
-    assert Checkpointer(tmp_path / "run/checkpoints").latest_step() == 2
+    assert checkpoint_steps(tmp_path / "run/checkpoints") == [0, 3]
     resumed = train(cfg, env=env, demos=toy_demos(env), resume=True)
     _assert_identical(resumed.state, reference.state)
     updates = [json.loads(x)["update"] for x in (tmp_path / "run/metrics.jsonl").open()]

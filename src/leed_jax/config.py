@@ -235,6 +235,10 @@ class TrainConfig:
                          metavar="DIR")
     log_every: int = _f(0, "updates per logged chunk (0: about 40 log lines per run)", check=">=0")
     checkpoint_every: int = _f(1, "checkpoint every this many logged chunks", check=">0")
+    checkpoint_interval_s: float = _f(
+        30.0, "at least this many seconds between periodic checkpoints (0: every due one; the "
+        "last update and update 0 are always saved)", check=">=0",
+    )
     eval_envs: int = _f(
         16, "held-out episodes of every evaluation (the same for all seeds and methods)",
         check=">0",

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import pathlib
 import shutil
 import threading
+import time
 from typing import Any
 
 import jax
@@ -80,6 +82,12 @@ class Checkpointer:
             )
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._last_save: float | None = None
+
+    def seconds_since_save(self) -> float:
+        """Seconds since this process's last ``save`` began (inf before the first): the host
+        loop's minimum interval between periodic saves (``checkpoint_interval_s``) reads it."""
+        return math.inf if self._last_save is None else time.monotonic() - self._last_save
 
     def latest_step(self) -> int | None:
         self.wait()
@@ -93,6 +101,7 @@ class Checkpointer:
         it); ``wait``: return only once the checkpoint is on disk. Several processes: every
         process saves its shards of the sharded ``jax.Array``s, synchronously."""
         self.wait()
+        self._last_save = time.monotonic()
         if jax.process_count() > 1:
             with _quiet_absl():
                 self._save(step, jax.tree_util.tree_leaves(state), meta)
