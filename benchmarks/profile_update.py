@@ -126,7 +126,9 @@ def profile(preset: dict, reps: int) -> dict:
     t["gae"] = _timeit(g, tt.reward, ro.value, tt.done, last_value, reps=reps)
 
     # -- minibatch pieces, built as the update builds them
-    data, weight, _, _ = jax.jit(tr.batch)(state, ro, last_value, demos)
+    data = jax.jit(tr.batch)(ro, last_value)
+    demo_return = None if demos is None else demos.agent_return.astype(jnp.float32)
+    weight = jax.jit(tr.expert_weights)(state, demo_return)
     shuffle = jax.jit(tr.shuffle)
     t["shuffle (x epochs)"] = _timeit(shuffle, data, k, reps=reps) * cfg.update_epochs
     mb = jax.tree_util.tree_map(lambda x: x[0], shuffle(data, k))
