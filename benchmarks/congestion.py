@@ -57,6 +57,17 @@ def measure(name, episodes=4, **ov):
     return out
 
 if __name__ == "__main__":
+    usage = "usage: " + __doc__.strip().splitlines()[2].strip()
+    if sys.argv[1:2] in (["-h"], ["--help"]):
+        print(usage)
+        sys.exit(0)
+    if len(sys.argv) not in (2, 3):
+        print(usage, file=sys.stderr)
+        sys.exit(2)
     name = sys.argv[1]
-    ov = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    try:
+        ov = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    except json.JSONDecodeError as exc:
+        print(f"congestion.py: overrides {sys.argv[2]!r} are not JSON ({exc.msg})", file=sys.stderr)
+        sys.exit(2)
     print(json.dumps(measure(name, **ov), default=float))
