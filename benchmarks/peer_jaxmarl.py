@@ -101,17 +101,23 @@ def run_peer(module, base: dict, total_steps: int, seed: int) -> dict:
     }
 
 
-def run_ours(total_steps: int, seed: int, share: bool, lean: bool = False) -> dict:
+def ours_config(total_steps: int, seed: int, share: bool):
+    """leed_jax's TrainConfig with the peer's hyper-parameters (the module docstring)."""
     from leed_jax.config import TrainConfig
-    from leed_jax.po.loop import train
 
-    cfg = TrainConfig(
+    return TrainConfig(
         scenario="mpe-spread", algo="ippo", num_agents=N_AGENTS, total_steps=total_steps,
         num_envs=16, num_steps=128, update_epochs=4, num_minibatches=4, lr=2.5e-4,
         anneal_lr=True, gamma=0.99, gae_lambda=0.95, clip_eps=0.2, ent_coef=0.01, vf_coef=0.5,
         max_grad_norm=0.5, actor_hidden=(64, 64), critic_hidden=(64, 64), share_params=share,
         seed=seed, progress=False,
     )
+
+
+def run_ours(total_steps: int, seed: int, share: bool, lean: bool = False) -> dict:
+    from leed_jax.po.loop import train
+
+    cfg = ours_config(total_steps, seed, share)
     if lean:  # the peer's work only: no evaluation or checkpoint until the end
         cfg = cfg.replace(eval_every=cfg.num_updates, checkpoint_every=cfg.num_chunks)
     with tempfile.TemporaryDirectory() as out:
