@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import math
 import os
 import shutil
 import subprocess
@@ -552,37 +551,6 @@ def export_trained_policy(env, result, out_dir: str | Path) -> tuple[dict[str, P
 
     episode = record_episode(env, greedy_policy(actor, env), jax.random.PRNGKey(result.config.seed))
     return export_episode(env, episode, out_dir), episode
-
-
-def junction_lengths(net: RoadNetwork, net_file: str | Path) -> np.ndarray:
-    """[E] metres: for each link of ``net`` (read from the SUMO network ``net_file``), the mean
-    length of the junction crossings (SUMO's internal lanes) from its lanes into the next links
-    it connects to. SUMO's vehicles drive these; a link-based env that ends each link at the
-    junction's border does not, unless its lengths include them."""
-    import sumolib
-
-    snet = sumolib.net.readNet(str(net_file), withInternal=True)
-    ids = set(net.link_ids)
-    out = np.zeros(net.num_links)
-    for e, lid in enumerate(net.link_ids):
-        edge = snet.getEdge(lid)
-        lengths = []
-        for to, cons in edge.getOutgoing().items():
-            if to.getID() not in ids:
-                continue
-            per_con = []
-            for con in cons:
-                total, via = 0.0, con.getViaLaneID()
-                while via:  # a crossing may be split into several internal lanes
-                    lane = snet.getLane(via)
-                    total += lane.getLength()
-                    nxt = lane.getOutgoing()
-                    via = nxt[0].getViaLaneID() if nxt else ""
-                per_con.append(total)
-            if per_con:
-                lengths.append(min(per_con))
-        out[e] = float(np.mean(lengths)) if lengths else 0.0
-    return out
 
 
 def jam_spacing(net: RoadNetwork) -> float:

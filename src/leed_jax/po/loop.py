@@ -145,14 +145,14 @@ def eval_due(config: TrainConfig, before: int, after: int) -> bool:
     return after // config.eval_every > before // config.eval_every
 
 
-def checkpoint_due(config: TrainConfig, chunks_done: int, is_last: bool, checkpointer) -> bool:
+def checkpoint_due(config: TrainConfig, chunks_done: int, last_chunk: bool, checkpointer) -> bool:
     """Whether the host loop saves after its ``chunks_done``-th chunk: always after the last
     chunk of the run (or of this call, ``max_chunks``); otherwise every ``checkpoint_every``
     chunks, but no sooner than ``checkpoint_interval_s`` after the previous save. A save costs
     tens of milliseconds of host time (orbax), more than a small update, and a killed run then
     loses at most that many seconds. Multi-process runs ignore the interval: their saves are
     collective, and each process's clock could decide otherwise."""
-    if is_last:
+    if last_chunk:
         return True
     if chunks_done % config.checkpoint_every:
         return False
@@ -305,8 +305,8 @@ def run_prepared(prepared: Prepared, *, max_chunks: int | None = None) -> TrainR
             )
             run.append_metrics(record)
             history.append(record)
-            is_last = update >= config.num_updates or i == remaining - 1
-            if checkpoint_due(config, done_chunks + i + 1, is_last, checkpointer):
+            last_chunk = update >= config.num_updates or i == remaining - 1
+            if checkpoint_due(config, done_chunks + i + 1, last_chunk, checkpointer):
                 checkpointer.save(update, state, {"update": update, "wall_s": wall})
             if progress:
                 progress.advance(update, record)
