@@ -23,3 +23,19 @@ def test_symmetric_two_routes_split_and_beat_all_on_one():
     assert 0.25 <= share <= 0.75  # symmetric routes: a roughly even split
     assert eq.total_travel_time < one.total_travel_time
     assert eq.gaps[-1] < eq.gaps[0]
+
+
+def test_queue_table_prices_a_fixed_plan_exactly_where_the_mean_table_cannot():
+    # 24 vehicles leave together onto one route: they enter each link in one bin and leave one
+    # headway apart, so the bin's mean misprices each by up to half the queue; the queue
+    # table (each vehicle's place in the FIFO queue) prices every one of them.
+    net = grid_network(2, 2, link_length=200.0, speed=10.0, capacity_per_lane_km=20.0)
+    n = 24
+    demand = Demand(np.zeros(n, np.int32), np.full(n, 3, np.int32), np.zeros(n, np.int32))
+    env = TrafficEnv(net, demand, TrafficParams(dt=10.0, horizon=60))
+    key = jax.random.PRNGKey(0)
+    mean = plan_routes(env, key=key, config=EquilibriumConfig(rounds=1, table="mean"))
+    queue = plan_routes(env, key=key, config=EquilibriumConfig(rounds=1))  # auto: queue links
+    assert mean.totals == queue.totals  # the same plan, simulated once each
+    assert mean.table_errors[0] > 0.1
+    assert queue.table_errors[0] < 1e-3

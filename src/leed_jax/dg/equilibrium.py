@@ -54,6 +54,7 @@ log = logging.getLogger("leed_jax.dg")
 
 OBJECTIVES = ("equilibrium", "optimum")
 TABLES = ("auto", "queue", "mean")
+SWITCHES = ("msa", "gain")
 _AT_NODE, _ARRIVED = 1, 3  # leed_jax.envs.traffic.AT_NODE, ARRIVED
 
 
@@ -71,7 +72,12 @@ class EquilibriumConfig:
     are priced from the last simulation: "queue" (:class:`QueueTable`: each link's exit time
     from the vehicles' own traversals and the queue's FIFO order), "mean" (mean experienced
     time per link and ``bin_s`` entry bin, as before), "auto" (queue where the env's links are
-    spatial queues with free running time, else mean)."""
+    spatial queues with free running time, else mean). switch: which vehicles that can improve
+    move to their best route each round: "msa" (each with probability ``1 / (k + 1)`` in round
+    ``k``: the method of successive averages), "gain" (each with probability equal to its
+    relative gain ``(c − c_best) / c``: a gap-proportional step after Lu, Mahmassani & Zhou
+    2009, *Transp. Res. B* 43, 345–364, so that a vehicle a few percent from its best
+    rarely moves and the step shrinks with the gap)."""
 
     objective: str = "equilibrium"
     candidates: int = 6
@@ -84,12 +90,15 @@ class EquilibriumConfig:
     turn_aware: bool = True
     split_steps: bool = True
     table: str = "auto"
+    switch: str = "msa"
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
         if self.table not in TABLES:
             raise ValueError(f"table {self.table!r} is not one of {', '.join(TABLES)}")
+        if self.switch not in SWITCHES:
+            raise ValueError(f"switch {self.switch!r} is not one of {', '.join(SWITCHES)}")
         if self.candidates < 1 or self.rounds < 1 or self.penalty < 1.0:
             raise ValueError("candidates and rounds must be ≥ 1 and penalty ≥ 1")
 
@@ -290,66 +299,87 @@ def _build_cost(num_bins: int, bin_s: float):
 
 
 class QueueTable:
-    """Link exit times of a newcomer from the last simulation's per-vehicle traversals (the
-    ``queue`` table), for the env's spatial-queue links with free running time.
+    """Link entry and exit times of a newcomer from the last simulation's per-vehicle
+    traversals (the ``queue`` table), for the env's spatial-queue links with free running time.
 
-    The env serves each link FIFO: a vehicle entering link ``e`` at ``t`` leaves at
-    ``max(t + t_e, x_prev + h_e)`` (``x_prev``: the exit of the vehicle ahead of it, ``h_e``
-    one capacity headway), later if the next link is full (spillback). Ahead of vehicle ``i``
-    entering at ``t`` are the vehicles that entered ``e`` before ``t``, and at exactly ``t``
-    those of lower index (the env's tie rule). So, with the other vehicles' traversals fixed,
-    ``exit_e(t, i) = max(t + t_e, max{x_k : (a_k, k) < (t, i)} + h_e)`` prices a vehicle's
-    own route exactly but for spillback, and any other route as the point-queue model of
-    Newell's cumulative counts would (a vehicle does not queue behind itself: its own
-    traversal is excluded). The mean table (time per link and entry bin) instead gives every
-    vehicle of a bin the bin's mean, whatever its place in the queue: on traffic-grid most
-    vehicles of a bin enter together and leave one headway apart, and that alone mispredicts
-    the routes' times by 6–8 %.
+    The env serves each link FIFO: a vehicle entering link ``e`` at ``a`` is ready to leave
+    at ``u = max(a + t_e, x_prev + h_e)`` (``x_prev``: the exit of the vehicle ahead of it,
+    ``h_e`` one capacity headway) and leaves then, or when the next link has room
+    (spillback). Ahead of vehicle ``i`` entering at ``a`` are the vehicles that entered ``e``
+    before ``a``, and at exactly ``a`` those of lower index (the env's tie rule). A link ``f``
+    with storage ``S_f`` admits its ``m``-th entrant once ``m − S_f`` vehicles have left it;
+    the entrants are served in the order they became ready (``u`` of their previous link,
+    their departure for the first), none before one ready earlier. With the other vehicles' traversals fixed, a route is
+    priced link by link on its own clock: wait for room on ``f`` behind those ready earlier,
+    enter, be ready to leave at ``u``. That prices a vehicle's own route as the env times it
+    (its own traversal is excluded: it does not queue behind itself), and any other route as
+    a point queue with storage would (Newell's cumulative counts; the vehicle's effect on the
+    others is left out, as a best response's is). The mean table (time per link and entry
+    bin) instead gives every vehicle of a bin the bin's mean, whatever its place in the
+    queue: on traffic-grid, where most vehicles of a bin enter together and leave one headway
+    apart, that alone misprices the routes it was built from by 6–8 %.
 
-    ``optimum`` adds the delay a newcomer imposes on the vehicles behind it: one headway for
-    each vehicle of the queue's unbroken run behind its place (a vehicle whose exit had less
-    than ``h_e / 2`` of slack over the one ahead), after Ghali & Smith 1995 (*Transp. Res. B*
-    29, 155–170: a vehicle joining a point queue delays everyone after it until the queue
-    clears). Spillback upstream is not counted: a lower bound."""
+    ``optimum`` adds the mean table's externality estimate per link and entry bin (module
+    docstring). The point queue's own marginal cost (Ghali & Smith 1995, *Transp. Res. B* 29,
+    155–170: a vehicle joining a queue delays every later one of its busy period by one
+    headway) was tried and made the simultaneous switching oscillate (traffic-grid-large key
+    0: totals 150k–240k), so it is not used."""
 
-    def __init__(self, links, ent, ext, tfree, headway, horizon_s: float):
-        # links, ent, ext: [N, L] link id (−1 pad), entry and exit time (NaN: not traversed).
-        n = links.shape[0]
-        ok = (links >= 0) & np.isfinite(ent) & np.isfinite(ext)
-        vid = np.broadcast_to(np.arange(n)[:, None], links.shape)[ok]
-        e, a, x = links[ok].astype(np.int64), ent[ok].astype(np.float64), ext[ok].astype(np.float64)
+    _TICK = 1024.0  # times compared to 1/1024 s; equal times are ordered by vehicle index
+
+    def __init__(self, links, ent, ext, depart, tfree, headway, storage, horizon_s: float):
+        # links, ent, ext: [N, L] link id (−1 pad), entry and exit time (NaN: not traversed);
+        # depart [N] s; tfree, headway, storage [E].
+        n, length = links.shape
+        num_links = len(tfree)
         self.tfree = np.asarray(tfree, np.float64)
         self.h = np.asarray(headway, np.float64)
+        self.room = np.ceil(np.asarray(storage, np.float64)).astype(np.int64)  # n < S ⇔ n < ceil(S)
+        self.horizon_s = float(horizon_s)
         self._n1 = n + 1
         self._ticks = int(np.ceil((horizon_s + 1.0) * self._TICK)) + 2
+        ok = (links >= 0) & np.isfinite(ent) & np.isfinite(ext)
+        vid_all = np.broadcast_to(np.arange(n)[:, None], links.shape)
+        e, a, x, vid = links[ok].astype(np.int64), ent[ok].astype(np.float64), ext[ok].astype(np.float64), vid_all[ok]
+        flat = np.flatnonzero(ok.reshape(-1))  # where each traversal sits in [N, L]
+        big = 4.0 * (horizon_s + 1e4)  # links stacked apart, so one cumulative max serves all
+
+        # By entry: the last exit so far on the link (the vehicle ahead's), the ready time u.
         key = self._key(e, a, vid)
         order = np.argsort(key, kind="stable")
-        self.keys, e, a, x = key[order], e[order], a[order], x[order]
-        num_links = len(self.tfree)
+        self.keys, e_s, a_s, x_s = key[order], e[order], a[order], x[order]
         self.start = np.searchsorted(self.keys, self._key(np.arange(num_links + 1), 0.0, 0))  # [E + 1]
-        big = 4.0 * (horizon_s + 1e4)  # links stacked apart, so one cumulative max serves all
-        self.run_max = np.maximum.accumulate(x + e * big) - e * big  # last exit so far on the link
-        first = np.ones(len(e), bool)
-        first[1:] = e[1:] != e[:-1]
+        self.run_max = np.maximum.accumulate(x_s + e_s * big) - e_s * big
+        first = np.ones(len(e_s), bool)
+        first[1:] = e_s[1:] != e_s[:-1]
         prev = np.where(first, -np.inf, np.concatenate([[-np.inf], self.run_max[:-1]]))
-        queued = ~first & (x - (prev + self.h[e]) < 0.5 * self.h[e])
-        # chain[k]: how many vehicles from k on, on k's link, leave in one unbroken queue.
-        idx = np.arange(len(e))
-        stop = np.where(queued, len(e), idx)
-        stop = np.minimum.accumulate(stop[::-1])[::-1]  # first non-queued index ≥ k
-        link_end = np.searchsorted(self.keys, self._key(e + 1, 0.0, 0))
-        self.chain = np.append(np.minimum(stop, link_end) - idx, 0)
+        ready = np.maximum(a_s + self.tfree[e_s], prev + self.h[e_s])
 
-    _TICK = 1024.0  # entry times compared to 1/1024 s; equal times are ordered by vehicle
+        # By the time each entrant became ready to enter (its previous link's ready time, or its
+        # departure): the order in which a full link admits them.
+        u = np.full(n * length, np.nan)
+        u[flat[order]] = ready
+        want = np.concatenate([np.asarray(depart, np.float64)[:, None], u.reshape(n, length)[:, :-1]], 1)[ok]
+        want = np.where(np.isfinite(want), want, a)
+        wkey = self._key(e, want, vid)
+        worder = np.argsort(wkey, kind="stable")
+        self.wkeys = wkey[worder]
+        # The latest entry so far in that order (one admitted after another, never before).
+        self.w_entry_max = np.maximum.accumulate(a[worder] + e[worder] * big) - e[worder] * big
+        self.wstart = np.searchsorted(self.wkeys, self._key(np.arange(num_links + 1), 0.0, 0))
+        # Exits per link in time order: the m-th entrant needs exit number m − room.
+        self.exits = np.sort(x + e * big) - np.sort(e) * big
+        self.xstart = np.searchsorted(np.sort(e), np.arange(num_links + 1))
 
     def _key(self, e, t, vid):
         tick = np.clip(np.floor(np.asarray(t, np.float64) * self._TICK), 0, self._ticks - 1).astype(np.int64)
         return (np.asarray(e, np.int64) * self._ticks + tick) * self._n1 + np.asarray(vid, np.int64)
 
-    def cost(self, links, depart, valid, vid, externality: bool = False):
+    def cost(self, links, depart, valid, vid, extra=None, bin_s: float = 1.0):
         """``links [N, K, L]`` (−1 pad), ``depart [N]`` s, ``valid [N, K]``, ``vid [N]`` →
-        ``(own [N, K], marginal [N, K])`` seconds (inf where no route): each link entered
-        when the last was left (the route's own clock)."""
+        ``(own [N, K], with_extra [N, K])`` seconds (inf where no route): each link entered
+        when the last was left (the route's own clock); ``extra [E, B]``: seconds added per
+        link and ``bin_s`` entry bin (the optimum's externality), not to the clock."""
         t0 = np.broadcast_to(np.asarray(depart, np.float64)[:, None], links.shape[:2])
         t = t0.copy()
         ext_sum = np.zeros(links.shape[:2])
@@ -360,14 +390,22 @@ class QueueTable:
             if not on.any():
                 break
             es = np.maximum(e, 0)
-            q = self._key(es, t, v)
+            # Room on e: behind the m entrants ready before it, it needs exit number m − room.
+            w = np.searchsorted(self.wkeys, self._key(es, t, v), side="left")
+            m = w - self.wstart[es]
+            admitted = np.where(m > 0, self.w_entry_max[np.maximum(w - 1, 0)], -np.inf)  # those ahead
+            need = self.xstart[es] + m - self.room[es]
+            has = need < self.xstart[es + 1]
+            room_at = np.where(m < self.room[es], -np.inf,
+                               np.where(has, self.exits[np.clip(need, 0, len(self.exits) - 1)], self.horizon_s))
+            a = np.maximum(np.maximum(t, room_at), admitted)
+            q = self._key(es, a, v)
             p = np.searchsorted(self.keys, q, side="left")  # traversals ahead of it
             last = np.where(p > self.start[es], self.run_max[np.maximum(p - 1, 0)], -np.inf)
-            x = np.maximum(t + self.tfree[es], last + self.h[es])
-            if externality:
-                behind = np.searchsorted(self.keys, q, side="right")  # its own traversal excluded
-                n_behind = np.where(behind < self.start[es + 1], self.chain[behind], 0)
-                ext_sum += np.where(on, n_behind * self.h[es], 0.0)
+            x = np.maximum(a + self.tfree[es], last + self.h[es])
+            if extra is not None:  # [E, B] seconds added per link and entry bin
+                b = np.clip((a / bin_s).astype(np.int64), 0, extra.shape[1] - 1)
+                ext_sum += np.where(on, extra[es, b], 0.0)
             t = np.where(on, x, t)
         own = np.where(valid, t - t0, np.inf)
         return own, np.where(valid, own + ext_sum, np.inf)
@@ -441,6 +479,7 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
     use_queue = config.table == "queue" or (
         config.table == "auto" and p.link_model == "queue" and p.queue_running == "free")
     headway = np.asarray(getattr(env, "_headway", np.zeros(graph.num_links)), np.float64)
+    storage = np.asarray(graph.link_storage, np.float64)
     vid = np.arange(n)
     tfree = graph.link_tfree[:, None] * np.ones((1, num_bins))
     flow = np.asarray(getattr(env.network, "link_flow_capacity", None)
@@ -460,8 +499,10 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
         if total < best[0]:
             best = (total, choice.copy())
         if use_queue:
-            own_all, cost = QueueTable(route, ent, ext, graph.link_tfree, headway, horizon_s).cost(
-                links, depart_s, valid, vid, externality=config.objective == "optimum")
+            # optimum: the same externality estimate as the mean table's, per link and entry bin.
+            extra = 0.5 * ndel / np.maximum(flow[:, None], 1e-9) if config.objective == "optimum" else None
+            own_all, cost = QueueTable(route, ent, ext, depart_s, graph.link_tfree, headway, storage,
+                                       horizon_s).cost(links, depart_s, valid, vid, extra=extra, bin_s=bin_s)
             current, current_own = cost[vid, choice], own_all[vid, choice]
             best_c = cost.min(1)
             # Both sides priced by the same table (a consistent gap); its error on the current
@@ -476,7 +517,11 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
             if gap < config.gap_tol:
                 break
             improve = best_c < current - 1e-3
-            switch = improve & (rng.random(n) < 1.0 / (r + 2))
+            if config.switch == "gain":
+                share = (current - best_c) / np.maximum(current, 1e-9)
+            else:
+                share = 1.0 / (r + 2)
+            switch = improve & (rng.random(n) < share)
             choice = np.where(switch, cost.argmin(1), choice)
             continue
         seen = cnt > 0
