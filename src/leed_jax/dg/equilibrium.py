@@ -90,7 +90,7 @@ class EquilibriumConfig:
     turn_aware: bool = True
     split_steps: bool = True
     table: str = "auto"
-    switch: str = "msa"
+    switch: str = "gain"
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -112,6 +112,8 @@ class PlanResult(NamedTuple):
     # Per round, Σ|simulated − table-predicted time| / Σ simulated over the current routes: how
     # well the link-time table prices the routes it was built from (a floor for the gap).
     table_errors: list[float]
+    # The round whose plan is returned (index into gaps / totals): its gap is gaps[best_round].
+    best_round: int = 0
 
 
 # ----------------------------------------------------------------------------- candidates
@@ -309,7 +311,7 @@ class QueueTable:
     before ``a``, and at exactly ``a`` those of lower index (the env's tie rule). A link ``f``
     with storage ``S_f`` admits its ``m``-th entrant once ``m − S_f`` vehicles have left it;
     the entrants are served in the order they became ready (``u`` of their previous link,
-    their departure for the first), none before one ready earlier. With the other vehicles' traversals fixed, a route is
+    their departure for the first), none before ``m`` others have entered. With the other vehicles' traversals fixed, a route is
     priced link by link on its own clock: wait for room on ``f`` behind those ready earlier,
     enter, be ready to leave at ``u``. That prices a vehicle's own route as the env times it
     (its own traversal is excluded: it does not queue behind itself), and any other route as
@@ -361,11 +363,8 @@ class QueueTable:
         u[flat[order]] = ready
         want = np.concatenate([np.asarray(depart, np.float64)[:, None], u.reshape(n, length)[:, :-1]], 1)[ok]
         want = np.where(np.isfinite(want), want, a)
-        wkey = self._key(e, want, vid)
-        worder = np.argsort(wkey, kind="stable")
-        self.wkeys = wkey[worder]
-        # The latest entry so far in that order (one admitted after another, never before).
-        self.w_entry_max = np.maximum.accumulate(a[worder] + e[worder] * big) - e[worder] * big
+        self.wkeys = np.sort(self._key(e, want, vid))
+        self.entries = a_s  # entry times, ascending per link
         self.wstart = np.searchsorted(self.wkeys, self._key(np.arange(num_links + 1), 0.0, 0))
         # Exits per link in time order: the m-th entrant needs exit number m − room.
         self.exits = np.sort(x + e * big) - np.sort(e) * big
@@ -393,7 +392,9 @@ class QueueTable:
             # Room on e: behind the m entrants ready before it, it needs exit number m − room.
             w = np.searchsorted(self.wkeys, self._key(es, t, v), side="left")
             m = w - self.wstart[es]
-            admitted = np.where(m > 0, self.w_entry_max[np.maximum(w - 1, 0)], -np.inf)  # those ahead
+            # Not before m vehicles have entered (the m-th entry; robust to the env admitting a
+            # few out of that order, where one ready earlier was held up at its own link's head).
+            admitted = np.where(m > 0, self.entries[np.clip(self.start[es] + m - 1, 0, len(self.entries) - 1)], -np.inf)
             need = self.xstart[es] + m - self.room[es]
             has = need < self.xstart[es + 1]
             room_at = np.where(m < self.room[es], -np.inf,
@@ -489,7 +490,7 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
     sim_key = jax.random.fold_in(key, 1)
     links_j, depart_j, valid_j = jnp.asarray(links), jnp.asarray(depart_s, jnp.float32), jnp.asarray(valid)
     gaps, totals, errors = [], [], []
-    best = (np.inf, choice.copy())
+    best = (np.inf, choice.copy(), 0)
     for r in range(config.rounds):
         targets = pad_targets([p[1:] if len(p) > 1 else p for p in paths_of(choice)])
         tsum, cnt, ndel, tt, arrived, route, ent, ext = jax.device_get(
@@ -497,7 +498,7 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
         total = float(tt.sum())
         totals.append(total)
         if total < best[0]:
-            best = (total, choice.copy())
+            best = (total, choice.copy(), r)
         if use_queue:
             # optimum: the same externality estimate as the mean table's, per link and entry bin.
             extra = 0.5 * ndel / np.maximum(flow[:, None], 1e-9) if config.objective == "optimum" else None
@@ -551,7 +552,7 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
         improve = best_c < current - 1e-3
         switch = improve & (rng.random(n) < 1.0 / (r + 2))
         choice = np.where(switch, cost.argmin(1), choice)
-    return PlanResult(paths_of(best[1]), best[0], gaps, totals, time.perf_counter() - t_start, errors)
+    return PlanResult(paths_of(best[1]), best[0], gaps, totals, time.perf_counter() - t_start, errors, best[2])
 
 
 def yardsticks(env, keys, config: EquilibriumConfig = EquilibriumConfig(), rounds: int | None = None) -> dict:
