@@ -7,14 +7,23 @@ capacity, storage, spillback) price them:
    (each found path's links cost ``penalty`` times more for the next search), computed once
    on the link graph under the network's turn rules (SUMO lane connections);
 2. each round the joint plan is simulated by one jit-compiled rollout of fixed routes (the DG
-   executor's route follower); every completed link traversal is recorded as
-   ``(link, entry-time bin, experienced time)`` → mean experienced link time ``τ[e, b]``;
-3. each candidate is costed against ``τ`` time-dependently (a vehicle entering ``e`` at
-   ``t`` leaves at ``t + τ[e, bin(t)]``), all vehicles × candidates at once (``vmap``);
-4. the relative gap ``(Σ experienced − Σ best) / Σ experienced`` is measured; a share
-   ``1 / (k + 1)`` of the vehicles that can improve switches to its best candidate (method of
-   successive averages, Sheffi 1985, *Urban Transportation Networks*, ch. 12; the dynamic,
-   simulation-based form follows Peeta & Mahmassani 1995, *Ann. Oper. Res.* 60, 81–113);
+   executor's route follower), recording every vehicle's entry and exit time on each link of
+   its route (and, for the ``mean`` table, ``(link, entry-time bin, experienced time)``);
+3. each candidate is priced time-dependently on its own clock (a link is entered when the
+   last was left): by default with :class:`QueueTable`, which replays the env's FIFO queue
+   rule against the other vehicles' recorded traversals (where the vehicle would stand in
+   each queue, when the link has room), so that it prices the routes it was built from
+   within 0–1.5 % and a vehicle's unilateral switch as the env then times it; or
+   (``table="mean"``) with the mean experienced link time per link and entry bin
+   ``τ[e, b]`` (a vehicle entering ``e`` at ``t`` leaves at ``t + τ[e, bin(t)]``), all
+   vehicles × candidates at once (``vmap``), which misprices them by 2–9 %;
+4. the relative gap ``(Σ current − Σ best) / Σ current`` is measured (queue table: both sides
+   priced by it; mean table: the current side is the larger of simulated and priced); of
+   the vehicles that can improve, each switches to its best candidate with probability equal
+   to its relative gain (``switch="gain"``: a gap-proportional step after Lu, Mahmassani &
+   Zhou 2009) or ``1 / (k + 1)`` in round ``k`` (``switch="msa"``: method of successive
+   averages, Sheffi 1985, *Urban Transportation Networks*, ch. 12); the dynamic,
+   simulation-based form follows Peeta & Mahmassani 1995, *Ann. Oper. Res.* 60, 81–113;
 5. stop when the gap falls below ``gap_tol`` or after ``rounds``; the best joint plan seen
    (least total experienced time) is returned.
 
