@@ -514,41 +514,25 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
             own_all, cost = QueueTable(route, ent, ext, depart_s, graph.link_tfree, headway, storage,
                                        horizon_s).cost(links, depart_s, valid, vid, extra=extra, bin_s=bin_s)
             current, current_own = cost[vid, choice], own_all[vid, choice]
-            best_c = cost.min(1)
             # Both sides priced by the same table (a consistent gap); its error on the current
             # routes is reported beside it.
-            denom = max(float(current.sum()), 1e-9)
-            gap = float((current.sum() - best_c.sum()) / denom)
-            gaps.append(gap)
-            errors.append(float(np.abs(tt - current_own).sum() / max(float(tt.sum()), 1e-9)))
-            if progress or log.isEnabledFor(logging.INFO):
-                log.info("equilibrium planner (%s) round %d: total %.0f s, gap %.4f, table error %.4f",
-                         config.objective, r + 1, total, gap, errors[-1])
-            if gap < config.gap_tol:
-                break
-            improve = best_c < current - 1e-3
-            if config.switch == "gain":
-                share = (current - best_c) / np.maximum(current, 1e-9)
-            else:
-                share = 1.0 / (r + 2)
-            switch = improve & (rng.random(n) < share)
-            choice = np.where(switch, cost.argmin(1), choice)
-            continue
-        seen = cnt > 0
-        own = np.where(seen, tsum / np.maximum(cnt, 1), tfree)
-        table = own
-        if config.objective == "optimum":
-            table = own + 0.5 * ndel / np.maximum(flow[:, None], 1e-9)
-        cost = np.asarray(cost_fn(links_j, depart_j, jnp.asarray(table, jnp.float32), valid_j))
-        current = cost[np.arange(n), choice]
-        if config.objective == "optimum":  # own time of the current routes, for the table error
-            current_own = np.asarray(cost_fn(links_j, depart_j, jnp.asarray(own, jnp.float32), valid_j))[np.arange(n), choice]
+            experienced = current
         else:
-            current_own = current
+            seen = cnt > 0
+            own = np.where(seen, tsum / np.maximum(cnt, 1), tfree)
+            table = own
+            if config.objective == "optimum":
+                table = own + 0.5 * ndel / np.maximum(flow[:, None], 1e-9)
+            cost = np.asarray(cost_fn(links_j, depart_j, jnp.asarray(table, jnp.float32), valid_j))
+            current = cost[vid, choice]
+            if config.objective == "optimum":  # own time of the current routes, for the table error
+                current_own = np.asarray(cost_fn(links_j, depart_j, jnp.asarray(own, jnp.float32), valid_j))[vid, choice]
+            else:
+                current_own = current
+            # Experienced cost of the current routes: simulated time (a vehicle that did not
+            # arrive counts its time so far plus the table's estimate would double count; use max).
+            experienced = np.maximum(tt, current) if config.objective == "equilibrium" else current
         best_c = cost.min(1)
-        # Experienced cost of the current routes: simulated time (a vehicle that did not arrive
-        # counts its time so far plus the table's estimate would double count; use max).
-        experienced = np.maximum(tt, current) if config.objective == "equilibrium" else current
         denom = max(float(experienced.sum()), 1e-9)
         gap = float((experienced.sum() - best_c.sum()) / denom)
         gaps.append(gap)
@@ -559,7 +543,11 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
         if gap < config.gap_tol:
             break
         improve = best_c < current - 1e-3
-        switch = improve & (rng.random(n) < 1.0 / (r + 2))
+        if config.switch == "gain":  # each with probability its relative gain
+            share = (current - best_c) / np.maximum(current, 1e-9)
+        else:  # MSA
+            share = 1.0 / (r + 2)
+        switch = improve & (rng.random(n) < share)
         choice = np.where(switch, cost.argmin(1), choice)
     return PlanResult(paths_of(best[1]), best[0], gaps, totals, time.perf_counter() - t_start, errors, best[2])
 
