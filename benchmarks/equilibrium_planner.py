@@ -5,8 +5,8 @@
 
 For each episode: total travel time (vehicle-seconds) of each plan as executed by the DG
 executor, planning seconds, rounds, the relative gap (first round = the incremental warm
-start, least, last, and ``plan_gap``: that of the returned plan, the least-total round
-``plan_round``), the simulated total of the first, best and last round, and the link-time
+start, least, last, and ``plan_gap``: that of the returned plan, from round ``plan_round``),
+the simulated total of the first, best and last round, and the link-time
 table's error on the current routes (Σ|simulated − predicted| / Σ simulated, first and last
 round: the gap cannot fall much below it; ``table`` "queue" prices routes from each vehicle's
 place in the links' FIFO queues, "mean" by the mean time per link and entry bin). ``--set``

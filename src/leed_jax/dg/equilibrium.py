@@ -25,7 +25,8 @@ capacity, storage, spillback) price them:
    averages, Sheffi 1985, *Urban Transportation Networks*, ch. 12); the dynamic,
    simulation-based form follows Peeta & Mahmassani 1995, *Ann. Oper. Res.* 60, 81–113;
 5. stop when the gap falls below ``gap_tol`` or after ``rounds``; the best joint plan seen
-   (least total experienced time) is returned.
+   is returned (``keep``: for ``equilibrium`` the least gap among the plans not slower in
+   total than the warm start, for ``optimum`` the least total).
 
 Objectives. ``equilibrium``: each vehicle's own time (dynamic user equilibrium). ``optimum``:
 marginal cost = own time + an estimate of the delay the vehicle imposes on others (dynamic
@@ -64,6 +65,7 @@ log = logging.getLogger("leed_jax.dg")
 OBJECTIVES = ("equilibrium", "optimum")
 TABLES = ("auto", "queue", "mean")
 SWITCHES = ("msa", "gain")
+KEEPS = ("auto", "total", "gap")
 _AT_NODE, _ARRIVED = 1, 3  # leed_jax.envs.traffic.AT_NODE, ARRIVED
 
 
@@ -86,7 +88,10 @@ class EquilibriumConfig:
     ``k``: the method of successive averages), "gain" (each with probability equal to its
     relative gain ``(c − c_best) / c``: a gap-proportional step after Lu, Mahmassani & Zhou
     2009, *Transp. Res. B* 43, 345–364, so that a vehicle a few percent from its best
-    rarely moves and the step shrinks with the gap)."""
+    rarely moves and the step shrinks with the gap). keep: which round's plan is returned:
+    "total" (the least simulated total), "gap" (the least gap among the plans whose total is
+    not above the first round's, i.e. the warm start's), "auto" ("gap" for ``equilibrium``,
+    whose plan should be near an equilibrium, "total" for ``optimum``)."""
 
     objective: str = "equilibrium"
     candidates: int = 6
@@ -100,6 +105,7 @@ class EquilibriumConfig:
     split_steps: bool = True
     table: str = "auto"
     switch: str = "gain"
+    keep: str = "auto"
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -108,6 +114,8 @@ class EquilibriumConfig:
             raise ValueError(f"table {self.table!r} is not one of {', '.join(TABLES)}")
         if self.switch not in SWITCHES:
             raise ValueError(f"switch {self.switch!r} is not one of {', '.join(SWITCHES)}")
+        if self.keep not in KEEPS:
+            raise ValueError(f"keep {self.keep!r} is not one of {', '.join(KEEPS)}")
         if self.candidates < 1 or self.rounds < 1 or self.penalty < 1.0:
             raise ValueError("candidates and rounds must be ≥ 1 and penalty ≥ 1")
 
@@ -491,6 +499,7 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
     headway = np.asarray(getattr(env, "_headway", np.zeros(graph.num_links)), np.float64)
     storage = np.asarray(graph.link_storage, np.float64)
     vid = np.arange(n)
+    keep = config.keep if config.keep != "auto" else ("gap" if config.objective == "equilibrium" else "total")
     tfree = graph.link_tfree[:, None] * np.ones((1, num_bins))
     flow = np.asarray(getattr(env.network, "link_flow_capacity", None)
                       if getattr(env.network, "link_flow_capacity", None) is not None
@@ -506,8 +515,10 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
             sim(sim_key, obs, state, jnp.asarray(targets)))
         total = float(tt.sum())
         totals.append(total)
-        if total < best[0]:
+        by_total = keep == "total" or r == 0
+        if by_total and total < best[0]:
             best = (total, choice.copy(), r)
+        plan = choice.copy()
         if use_queue:
             # optimum: the same externality estimate as the mean table's, per link and entry bin.
             extra = 0.5 * ndel / np.maximum(flow[:, None], 1e-9) if config.objective == "optimum" else None
@@ -536,6 +547,8 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
         denom = max(float(experienced.sum()), 1e-9)
         gap = float((experienced.sum() - best_c.sum()) / denom)
         gaps.append(gap)
+        if keep == "gap" and r > 0 and total <= totals[0] and gap < gaps[best[2]]:
+            best = (total, plan, r)
         errors.append(float(np.abs(tt - current_own).sum() / max(float(tt.sum()), 1e-9)))
         if progress or log.isEnabledFor(logging.INFO):
             log.info("equilibrium planner (%s) round %d: total %.0f s, gap %.4f, table error %.4f",
