@@ -1,0 +1,138 @@
+"""How many demonstration episodes the warm start needs to generalise (issue #10, JSON last).
+
+    python benchmarks/warm_start_episodes.py --scenario mpe-spread --episodes 64,256,1024 \
+        --seeds 3 --set num_envs=64 --set num_steps=25 --set lr=0.001 --set eval_envs=64
+
+For each K in ``--episodes``: the planner's demonstrations of K random starts (generated and
+timed, or read from ``--demo-dir/K`` when there), then LEED's warm start alone — the
+expert-loss fit of ``Trainer.warm_start`` before the first rollout, ``--seeds`` seeds vmapped —
+and the greedy evaluation on the held-out episodes every method is judged on (``eval_seed``,
+``eval_envs``). The critic warm-up is skipped (``warm_critic_updates=0``): it leaves the actor
+unchanged, so the greedy return after it is the same. Besides the return, the clone's greedy
+action is compared with the planner's on the demonstrated states (training accuracy) and on
+the planner's trajectories from ``--heldout-episodes`` other starts (key ``--heldout-seed``):
+the gap between the two is what the clone memorised but did not learn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--scenario", default="mpe-spread")
+    p.add_argument("--episodes", default="64,256,1024", help="comma-separated demo episode counts")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--demo-dir", default="runs/warm-start-episodes",
+                   help="buffers are written to (or read from) DIR/K")
+    p.add_argument("--heldout-episodes", type=int, default=64)
+    p.add_argument("--heldout-seed", type=int, default=777)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a TrainConfig field (JSON value), e.g. --set warm_start_steps=6000")
+    return p.parse_args(argv)
+
+
+def make_demos(scenario: str, episodes: int, seed: int, out: pathlib.Path) -> tuple[str, float]:
+    """The planner's buffer of ``episodes`` starts at ``out`` (reused when there): path and
+    the DG seconds (measured now, or as the buffer's meta.json recorded them)."""
+    from leed_jax.dg.buffer import read_demo_meta
+
+    if (out / "meta.json").is_file():
+        meta = read_demo_meta(out)
+        if meta.get("episodes") == episodes:
+            return str(out), float(meta["timing_s"]["total"])
+    from leed_jax.dg.generate import generate_demos
+
+    t = time.perf_counter()
+    generate_demos(scenario, out=out, source="planner", episodes=episodes, seed=seed,
+                   progress=False)
+    return str(out), time.perf_counter() - t
+
+
+def main(argv=None) -> dict:
+    args = parse(argv)
+    import jax
+    import jax.numpy as jnp
+
+    from leed_jax.config import TrainConfig
+    from leed_jax.dg.buffer import load_demos, read_demo_meta
+    from leed_jax.envs.registry import make_env
+    from leed_jax.po.trainer import Trainer, demo_accuracy, seed_keys
+
+    extra = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        try:
+            extra[key] = json.loads(value)
+        except json.JSONDecodeError:
+            extra[key] = value
+    cfg = TrainConfig(scenario=args.scenario, algo="leed", seeds=args.seeds, progress=False,
+                      **{"warm_critic_updates": 0, **extra})
+    cfg.validate()
+    env = make_env(cfg.scenario)
+    root = pathlib.Path(args.demo_dir)
+    held_path, held_s = make_demos(cfg.scenario, args.heldout_episodes, args.heldout_seed,
+                                   root / f"heldout-{args.heldout_seed}-{args.heldout_episodes}")
+    held = jax.tree_util.tree_map(jnp.asarray, load_demos(held_path, env))
+    result: dict = {"scenario": env.name, "num_agents": env.spec.num_agents, "seeds": args.seeds,
+                    "config": extra, "eval_seed": cfg.eval_seed, "eval_episodes": cfg.eval_envs,
+                    "heldout": {"episodes": args.heldout_episodes, "seed": args.heldout_seed,
+                                **read_demo_meta(held_path)["metrics"]},
+                    "rows": [], "loadavg_start": list(os.getloadavg())}
+    for k in (int(x) for x in args.episodes.split(",") if x.strip()):
+        path, dg_s = make_demos(cfg.scenario, k, cfg.seed, root / str(k))
+        meta = read_demo_meta(path)
+        demos = load_demos(path, env)
+        trainer = Trainer.build(cfg, env, demos)
+        d = jax.tree_util.tree_map(jnp.asarray, demos)
+        state = jax.jit(trainer.seeds_init())(seed_keys(cfg))
+        t = time.perf_counter()
+        warm = trainer.seeds_warm().lower(state, d).compile()
+        compile_s = time.perf_counter() - t
+        t = time.perf_counter()
+        state, metrics = warm(state, d)
+        metrics = jax.device_get(metrics)
+        warm_s = time.perf_counter() - t
+        state, ev = trainer.seeds_evaluate()(state)
+        acc_fn = jax.jit(jax.vmap(lambda p, b: demo_accuracy(trainer.policy, p, b),
+                                  in_axes=(0, None)))
+        held_acc = np.asarray(acc_fn(state.params, held))
+        ret = np.asarray(ev["return"], float)  # [seeds]
+        row = {
+            "episodes": k,
+            "demos_return": meta["metrics"]["mean_return"],
+            "dg_s": round(dg_s, 2),
+            "warm_steps": float(np.mean(metrics["warm_steps"])),
+            "warm_expert_loss_end": float(np.mean(metrics["warm_expert_loss_end"])),
+            "train_accuracy": float(np.mean(metrics["warm_demo_accuracy"])),
+            "heldout_accuracy": float(held_acc.mean()),
+            "warm_eval_return": float(ret.mean()),
+            "warm_eval_return_seeds": ret.tolist(),
+            "warm_eval_return_se": float(ret.std(ddof=1) / np.sqrt(len(ret))) if len(ret) > 1
+            else 0.0,
+            "warm_compile_s": round(compile_s, 2),
+            "warm_run_s": round(warm_s, 2),
+            "loadavg": list(os.getloadavg()),
+        }
+        result["rows"].append(row)
+        print(f"K={k}: demos {row['demos_return']:.2f}, warm-start greedy "
+              f"{row['warm_eval_return']:.2f} ± {row['warm_eval_return_se']:.2f} (held out), "
+              f"accuracy {row['train_accuracy']:.3f} train / {row['heldout_accuracy']:.3f} "
+              f"held out, {row['warm_steps']:.0f} steps, loss {row['warm_expert_loss_end']:.3f}, "
+              f"DG {dg_s:.1f} s, warm {compile_s:.0f} s compile + {warm_s:.0f} s",
+              file=sys.stderr, flush=True)
+    result["loadavg_end"] = list(os.getloadavg())
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
