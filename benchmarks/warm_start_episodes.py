@@ -57,6 +57,48 @@ def make_demos(scenario: str, episodes: int, seed: int, out: pathlib.Path) -> tu
     return str(out), time.perf_counter() - t
 
 
+def planner_on_eval(env, cfg) -> float:
+    """The planner's mean return per agent on the held-out evaluation episodes themselves
+    (the starts ``Trainer.evaluate`` draws from ``eval_seed``): the level the clone is judged
+    against, on the same starts."""
+    import jax
+
+    from leed_jax.dg.executor import executor_for
+    from leed_jax.dg.planner import spread_assignment
+
+    n = env.spec.num_agents
+    k_reset, _ = jax.random.split(jax.random.PRNGKey(cfg.eval_seed))
+    obs, states = jax.vmap(env.reset)(jax.random.split(k_reset, cfg.eval_envs))
+    run = executor_for(env)
+    returns = []
+    for e in range(cfg.eval_envs):
+        state = jax.tree_util.tree_map(lambda x, e=e: x[e], states)
+        pos = np.asarray(state.env_state.p_pos)
+        targets = spread_assignment(pos[:n], pos[n:])[:, None].astype(np.int32)
+        returns.append(np.asarray(run(jax.random.PRNGKey(e), obs[e], state, targets).returns))
+    return float(np.mean(returns))
+
+
+def mpe_assigned_not_nearest(buffer, horizon: int) -> np.ndarray:
+    """``[N, M]`` bool: the planner sent the agent to a landmark other than the one nearest to
+    it at that step (the part of the task a nearest-landmark rule gets wrong). Positions come
+    from the observations (MPE spread: own velocity, own position, landmarks relative, other
+    agents relative); the assignment is the planner's of the episode's first step."""
+    from leed_jax.dg.planner import spread_assignment
+
+    obs = np.asarray(buffer.obs)  # [N, M, D]
+    n, m = obs.shape[:2]
+    lm_rel = obs[..., 4:4 + 2 * n].reshape(n, m, n, 2)  # [N, M, L, 2] (L = N in spread)
+    nearest = np.linalg.norm(lm_rel, axis=-1).argmin(-1)  # [N, M]
+    first = obs[0, ::horizon]  # agent 0 at each episode's first step [E, D]
+    own = first[:, 2:4]
+    lms = own[:, None] + first[:, 4:4 + 2 * n].reshape(-1, n, 2)
+    agents = np.concatenate([own[:, None], own[:, None]
+                             + first[:, 4 + 2 * n:4 + 2 * n + 2 * (n - 1)].reshape(-1, n - 1, 2)], 1)
+    assigned = np.stack([spread_assignment(a, lm) for a, lm in zip(agents, lms)])  # [E, N]
+    return np.repeat(assigned.T, horizon, axis=1) != nearest
+
+
 def main(argv=None) -> dict:
     args = parse(argv)
     import jax
@@ -81,12 +123,22 @@ def main(argv=None) -> dict:
     root = pathlib.Path(args.demo_dir)
     held_path, held_s = make_demos(cfg.scenario, args.heldout_episodes, args.heldout_seed,
                                    root / f"heldout-{args.heldout_seed}-{args.heldout_episodes}")
-    held = jax.tree_util.tree_map(jnp.asarray, load_demos(held_path, env))
+    held_np = load_demos(held_path, env)
+    held = jax.tree_util.tree_map(jnp.asarray, held_np)
+    mpe = env.family == "mpe" and bool(np.asarray(held_np.valid).all())
+    hard = mpe_assigned_not_nearest(held_np, env.spec.horizon) if mpe else None
     result: dict = {"scenario": env.name, "num_agents": env.spec.num_agents, "seeds": args.seeds,
                     "config": extra, "eval_seed": cfg.eval_seed, "eval_episodes": cfg.eval_envs,
                     "heldout": {"episodes": args.heldout_episodes, "seed": args.heldout_seed,
                                 **read_demo_meta(held_path)["metrics"]},
                     "rows": [], "loadavg_start": list(os.getloadavg())}
+    if mpe:
+        t = time.perf_counter()
+        result["planner_on_eval_episodes"] = planner_on_eval(env, cfg)
+        result["heldout"]["assigned_not_nearest_frac"] = float(hard.mean())
+        print(f"planner on the {cfg.eval_envs} evaluation episodes: "
+              f"{result['planner_on_eval_episodes']:.2f} ({time.perf_counter() - t:.0f} s)",
+              file=sys.stderr, flush=True)
     for k in (int(x) for x in args.episodes.split(",") if x.strip()):
         path, dg_s = make_demos(cfg.scenario, k, cfg.seed, root / str(k))
         meta = read_demo_meta(path)
@@ -105,6 +157,14 @@ def main(argv=None) -> dict:
         acc_fn = jax.jit(jax.vmap(lambda p, b: demo_accuracy(trainer.policy, p, b),
                                   in_axes=(0, None)))
         held_acc = np.asarray(acc_fn(state.params, held))
+        greedy = jax.jit(jax.vmap(lambda p: jnp.argmax(trainer.policy.logits(
+            p, jnp.swapaxes(held.obs, 0, 1), jnp.swapaxes(held.avail, 0, 1)), -1)))
+        hit = np.asarray(greedy(state.params)) == np.asarray(held_np.action).T[None]  # [S, M, N]
+        hit = np.swapaxes(hit, 1, 2)  # [S, N, M]
+        split = {} if hard is None else {
+            "heldout_accuracy_assigned_nearest": float(hit[:, ~hard].mean()),
+            "heldout_accuracy_assigned_not_nearest": float(hit[:, hard].mean()),
+            "heldout_accuracy_per_agent": hit.mean(axis=(0, 2)).round(4).tolist()}
         ret = np.asarray(ev["return"], float)  # [seeds]
         row = {
             "episodes": k,
@@ -114,6 +174,7 @@ def main(argv=None) -> dict:
             "warm_expert_loss_end": float(np.mean(metrics["warm_expert_loss_end"])),
             "train_accuracy": float(np.mean(metrics["warm_demo_accuracy"])),
             "heldout_accuracy": float(held_acc.mean()),
+            **split,
             "warm_eval_return": float(ret.mean()),
             "warm_eval_return_seeds": ret.tolist(),
             "warm_eval_return_se": float(ret.std(ddof=1) / np.sqrt(len(ret))) if len(ret) > 1
@@ -126,7 +187,11 @@ def main(argv=None) -> dict:
         print(f"K={k}: demos {row['demos_return']:.2f}, warm-start greedy "
               f"{row['warm_eval_return']:.2f} ± {row['warm_eval_return_se']:.2f} (held out), "
               f"accuracy {row['train_accuracy']:.3f} train / {row['heldout_accuracy']:.3f} "
-              f"held out, {row['warm_steps']:.0f} steps, loss {row['warm_expert_loss_end']:.3f}, "
+              f"held out" + (f" ({split['heldout_accuracy_assigned_nearest']:.3f} where the "
+                             f"planner's landmark is the nearest, "
+                             f"{split['heldout_accuracy_assigned_not_nearest']:.3f} where not)"
+                             if split else "")
+              + f", {row['warm_steps']:.0f} steps, loss {row['warm_expert_loss_end']:.3f}, "
               f"DG {dg_s:.1f} s, warm {compile_s:.0f} s compile + {warm_s:.0f} s",
               file=sys.stderr, flush=True)
     result["loadavg_end"] = list(os.getloadavg())
