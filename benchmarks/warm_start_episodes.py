@@ -99,6 +99,41 @@ def mpe_assigned_not_nearest(buffer, horizon: int) -> np.ndarray:
     return np.repeat(assigned.T, horizon, axis=1) != nearest
 
 
+def mpe_obs_check(buffer, env) -> dict:
+    """Is the planner's action a function of the agent's own observation? Recomputes it from
+    the observation (own velocity and position, the landmarks relative) and the episode's
+    assignment with the executor's rule (the force whose stopping point is nearest the goal),
+    and counts the steps where the assignment of the current positions differs from the
+    episode's (what a memoryless policy cannot know)."""
+    from leed_jax.dg.executor import _MPE_DIRECTIONS, _mpe_dynamics
+    from leed_jax.dg.planner import spread_assignment
+
+    horizon = env.spec.horizon
+    n, dt, damping, gain = _mpe_dynamics(env)
+    obs = np.asarray(buffer.obs)  # [N, M, D]
+    m = obs.shape[1]
+    o0 = obs[0]
+    lms = o0[:, 2:4][:, None] + o0[:, 4:4 + 2 * n].reshape(m, n, 2)  # [M, L, 2]
+    agents = np.concatenate([o0[:, None, 2:4], o0[:, None, 2:4] + o0[:, 4 + 2 * n:4 + 2 * n + 2
+                                                                    * (n - 1)].reshape(m, n - 1, 2)], 1)
+    current = np.stack([spread_assignment(a, lm) for a, lm in zip(agents, lms)])  # [M, N]
+    episode = np.repeat(current[::horizon], horizon, axis=0)  # [M, N]
+    d = np.asarray(_MPE_DIRECTIONS, float)
+    hits, gaps = [], []
+    for i in range(n):
+        vel, pos = obs[i, :, 0:2], obs[i, :, 2:4]
+        goal = pos + obs[i, :, 4:4 + 2 * n].reshape(m, n, 2)[np.arange(m), episode[:, i]]
+        v_next = vel[:, None] * (1 - damping) + d[None] * float(np.asarray(gain)[i])
+        stop = (pos + vel * dt)[:, None] + v_next * (dt / damping)  # [M, 5, 2]
+        cost = np.sort(np.linalg.norm(stop - goal[:, None], axis=-1), -1)
+        hits.append(np.linalg.norm(stop - goal[:, None], axis=-1).argmin(-1)
+                    == np.asarray(buffer.action)[i])
+        gaps.append(cost[:, 1] - cost[:, 0])
+    return {"planner_action_from_own_obs": float(np.mean(hits)),
+            "near_ties_frac": float(np.mean(np.asarray(gaps) < 1e-5)),
+            "assignment_of_current_positions_differs": float(np.mean(current != episode))}
+
+
 def main(argv=None) -> dict:
     args = parse(argv)
     import jax
@@ -136,6 +171,8 @@ def main(argv=None) -> dict:
         t = time.perf_counter()
         result["planner_on_eval_episodes"] = planner_on_eval(env, cfg)
         result["heldout"]["assigned_not_nearest_frac"] = float(hard.mean())
+        result["heldout"].update(mpe_obs_check(held_np, env))
+        print(f"held-out demonstrations: {result['heldout']}", file=sys.stderr, flush=True)
         print(f"planner on the {cfg.eval_envs} evaluation episodes: "
               f"{result['planner_on_eval_episodes']:.2f} ({time.perf_counter() - t:.0f} s)",
               file=sys.stderr, flush=True)
