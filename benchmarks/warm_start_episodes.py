@@ -151,6 +151,8 @@ def main(argv=None) -> dict:
             extra[key] = json.loads(value)
         except json.JSONDecodeError:
             extra[key] = value
+        if isinstance(extra[key], list):  # --set actor_hidden=[128,128]
+            extra[key] = tuple(extra[key])
     cfg = TrainConfig(scenario=args.scenario, algo="leed", seeds=args.seeds, progress=False,
                       **{"warm_critic_updates": 0, **extra})
     cfg.validate()
