@@ -26,28 +26,8 @@ import pathlib
 import sys
 import tempfile
 
-TINY = """
-name = "tiny-grid"
-family = "traffic"
-description = "3x3 grid, 6 vehicles"
-prompt = "traffic"
-[network]
-kind = "grid"
-rows = 3
-cols = 3
-link_length = 200.0
-speed = 10.0
-lanes = 1.0
-capacity_per_lane_km = 20.0
-[demand]
-kind = "random"
-num_agents = 6
-departure_window = 4
-seed = 0
-[env]
-horizon = 24
-dt = 10.0
-"""
+# The smallest traffic scenario (the example of a custom scenario file).
+TINY = (pathlib.Path(__file__).parents[1] / "docs" / "examples" / "tiny-grid.toml").read_text()
 
 # Assembly steps: (file, function name) -> label.
 WATCH = {

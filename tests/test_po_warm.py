@@ -207,7 +207,7 @@ def test_evaluations_are_due_on_schedule_and_share_the_held_out_episodes():
     ev = jax.jit(tr.evaluate_state)
     (sa, ea), (sb, eb) = ev(a), ev(b)
     np.testing.assert_array_equal(np.asarray(ea["episode_return"]), np.asarray(eb["episode_return"]))
-    assert bool(sa.eval_seen)
+    assert bool(sa.eval_seen) and bool(sb.eval_seen)
     np.testing.assert_allclose(sa.eval_return, ea["agent_return"])
     # The toy env (like traffic) observes time and reports no truncation: no bootstrap.
     # (MPE's time-limit ends: tests/test_jaxmarl_adapter.py.)

@@ -4,6 +4,7 @@ status 2, and a short end-to-end run on a tiny scenario that writes the whole ru
 from __future__ import annotations
 
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -13,28 +14,8 @@ import pytest
 from leed_jax.config import TrainConfig
 from leed_jax.run import main, resolve_config
 
-TINY = """
-name = "tiny-grid"
-family = "traffic"
-description = "3x3 grid, 6 vehicles (tests)"
-prompt = "traffic"
-[network]
-kind = "grid"
-rows = 3
-cols = 3
-link_length = 200.0
-speed = 10.0
-lanes = 1.0
-capacity_per_lane_km = 20.0
-[demand]
-kind = "random"
-num_agents = 6
-departure_window = 4
-seed = 0
-[env]
-horizon = 24
-dt = 10.0
-"""
+# The smallest traffic scenario, shipped as an example of a custom scenario file.
+TINY = (pathlib.Path(__file__).parents[1] / "docs" / "examples" / "tiny-grid.toml").read_text()
 
 
 @pytest.fixture
@@ -168,6 +149,16 @@ def test_the_main_job_assembles_its_run_once(tmp_path, tiny, monkeypatch):
 )
 def test_bad_input_is_one_line_with_exit_status_2(capsys, argv, needles):
     _error(capsys, argv, *needles)
+
+
+def test_a_mistyped_flag_fails_before_jax_is_imported():
+    """The usage check runs before the heavy imports, so a typo costs a fraction of a second."""
+    code = ("import sys; from leed_jax.{m} import main; rc = main(['--bogus', '--out', 'x']); "
+            "sys.exit(rc if 'jax' not in sys.modules else 99)")
+    for module in ("run", "sweep"):
+        done = subprocess.run([sys.executable, "-c", code.format(m=module)], capture_output=True, text=True)
+        assert done.returncode == 2, (module, done.returncode, done.stderr)
+        assert done.stderr.count("\n") == 1 and "--bogus" in done.stderr
 
 
 def test_a_config_file_with_an_unknown_key_is_refused(capsys, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import leed_jax
 from leed_jax.envs.demand import Demand, random_demand, read_demand
 from leed_jax.envs.network import grid_network, read_sumo, read_tntp
-from leed_jax.envs.traffic import ARRIVED, AT_NODE, ON_LINK, TrafficEnv, TrafficParams
+from leed_jax.envs.traffic import ARRIVED, ON_LINK, TrafficEnv, TrafficParams
 from leed_jax.envs.wrappers import AutoResetWrapper
 
 

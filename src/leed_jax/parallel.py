@@ -216,7 +216,7 @@ def to_host(tree):
 # the processes reach a collective more than 30 s apart (its rendezvous timeout), and process
 # 0 may spend minutes alone first (generating demonstrations, writing a checkpoint) while the
 # others wait. Every process makes the same calls in the same order, so a counter names them.
-SYNC_TIMEOUT_S = float(os.environ.get("LEED_SYNC_TIMEOUT_S", 24 * 3600))
+SYNC_TIMEOUT_S = float(os.environ.get("LEED_SYNC_TIMEOUT_S", "86400"))  # 24 h
 _calls = iter(range(1 << 62))
 
 

@@ -214,6 +214,11 @@ def _train_and_report(prepared, export_dir: str | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:  # a mistyped flag is one line and exit 2 at once, before the imports of jax below
+        build_parser().parse_args(argv)
+    except UsageError as err:
+        _error(f"{PROG}: error: {err}")
+        return 2
     from leed_jax.dg.errors import DGError
     from leed_jax.envs.base import ScenarioError
     from leed_jax.envs.sumo_io import SumoError

@@ -263,6 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:  # a mistyped flag is one line and exit 2 at once, before the imports of jax below
+        build_parser().parse_args(argv)
+    except ValueError as err:  # UsageError, or a flag value a type rejects
+        print(f"python -m leed_jax.sweep: error: {err}", file=sys.stderr)
+        return 2
     from leed_jax.envs.base import ScenarioError
     from leed_jax.io.checkpoint import CheckpointError
     from leed_jax.io.rundir import RunDirError
