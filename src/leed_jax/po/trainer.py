@@ -396,9 +396,9 @@ class Trainer:
                 bc_step, (params, opt_state), jax.random.split(k, window)
             )
             cur = losses.mean()
-            # tol 0: no plateau stop. On MPE spread the loss rests near 0.55 nats (the policy
-            # heads for the nearest landmark) for a few hundred steps before it learns the
-            # assignment; a 100-step window takes that for the end (README, issue #10).
+            # tol 0: no plateau stop. On MPE spread the loss rests near 0.55 nats for a while
+            # before the clone learns the planner's agent-landmark assignment; a 100-step
+            # window takes that for the end (README, issue #10).
             stalled = (c.warm_start_tol > 0) & (
                 (prev - cur) < jnp.maximum(c.warm_start_tol * jnp.abs(prev), 1e-3))
             return params, opt_state, key, i + 1, cur, stalled
