@@ -169,8 +169,9 @@ def test_mpe_llm_assignment(spread, tmp_path):
 def test_default_episodes_one_for_fixed_demand_many_for_random_starts(spread, traffic, tmp_path):
     text = "[MoveTo, Landmark_0, Agent_0]\n[MoveTo, Landmark_1, Agent_1]\n[MoveTo, Landmark_2, Agent_2]\n"
     assert _llm(spread, tmp_path / "a", text).meta["episodes"] == 4
-    planned = run_dg(DemoConfig(scenario="x", out=tmp_path / "b", source="planner", progress=False), env=spread)
-    assert planned.meta["episodes"] == 64 and planned.buffer.valid.sum(axis=1).min() == 64 * 25
+    # The planner's MPE default (4,096 random starts, README issue #10) is not generated here:
+    # run_dg applying default_episodes is checked on traffic below.
+    assert default_episodes(spread, "planner") == 4096
     fixed = run_dg(DemoConfig(scenario="x", out=tmp_path / "c", source="planner", progress=False), env=traffic)
     assert fixed.meta["episodes"] == 1
     # Traffic whose demand is redrawn every episode: demonstrations cover several episodes,

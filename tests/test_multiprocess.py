@@ -43,7 +43,9 @@ ARGS = [
     "--num-envs", "4", "--num-steps", "4", "--total-steps", "32", "--num-minibatches", "1",
     "--update-epochs", "1", "--log-every", "1", "--eval-envs", "2", "--expert-batch-size", "8",
     "--no-progress", "--mesh-data", "2", "--mesh-agent", "2", "--warm-start-steps", "0",
-]  # 2 updates, a checkpoint after each (no warm start: this test is about the processes)
+    "--episodes", "8",
+]  # 2 updates, a checkpoint after each (no warm start, 8 demo episodes: this test is about
+#    the processes)
 TIMEOUT = 180
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 

@@ -63,6 +63,17 @@ def test_warm_start_clones_the_demonstrations_and_stops_on_a_plateau(warm):
     assert bool(after.warm) and not bool(before.warm)
 
 
+def test_warm_start_tol_zero_runs_every_step(warm):
+    # warm_start_tol=0 turns the plateau stop off: the fit runs past where the default stopped
+    # (MPE spread needs this, README issue #10), to exactly warm_start_steps.
+    (_, _, _, m), demos = warm
+    cap = int(m["warm_steps"]) + 200
+    cfg = CFG.replace(warm_start_tol=0.0, warm_start_steps=cap, warm_critic_updates=0)
+    tr = make_train(cfg, ToyEnv(), demos)
+    _, m0 = jax.jit(lambda k: tr.warm_start(tr.init(k), demos))(jax.random.PRNGKey(0))
+    assert int(m0["warm_steps"]) == cap
+
+
 def test_critic_warm_up_moves_the_critic_only(warm):
     (tr, before, after, m), _ = warm
     # The critic warm-up left the cloned actor exactly as it was...

@@ -117,7 +117,8 @@ class DemoOptions(LLMOptions):
     rounds: int = _f(1, "LLM refinement rounds", check=">0", metavar="N")
     episodes: int | None = _f(
         None, "episodes to plan and record (default: 1 for traffic, whose demand is fixed; "
-        "MPE, a new random start each: 64 planner, 4 LLM)", check=">0", metavar="N",
+        "MPE, a new random start each: 4096 planner, 4 LLM; traffic with resampled demand: 64 "
+        "planner, 4 LLM)", check=">0", metavar="N",
     )
     agents_per_request: int = _f(
         20, "agents per LLM prompt (chunks keep large N within the context)", check=">0", metavar="N"
@@ -216,7 +217,7 @@ class TrainConfig:
     warm_start_batch: int = _f(256, "warm start: demo samples per agent per step", check=">0")
     warm_start_tol: float = _f(
         0.01, "warm start: stop when 100 steps improve the expert loss by less than this "
-        "fraction (and 1e-3 nats)", check=">=0",
+        "fraction (and 1e-3 nats); 0: no early stop, run all warm_start_steps", check=">=0",
     )
     warm_critic_updates: int = _f(
         4, "warm start: rollouts of the warm policy that fit the critic before the actor moves "

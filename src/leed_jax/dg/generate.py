@@ -201,11 +201,19 @@ def _mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
 # every episode at random, and demonstrations of one episode teach a policy nothing about the
 # others.
 RANDOM_START_EPISODES = {"planner": 64, "llm": 4}
+# The planner on MPE: the warm-start clone of 64 episodes memorises them (99.8 % of their
+# actions, 62 % on other starts) and scores -20 on held-out starts; 4,096 episodes cost the same
+# DG seconds (compilation dominates) and, fitted 40,000 steps without the plateau stop (the
+# mpe-spread preset of learning_compare.py), give 92 % and -12.8 (benchmarks/
+# warm_start_episodes.py, README issue #10).
+FAMILY_PLANNER_EPISODES = {"mpe": 4096}
 
 
 def default_episodes(env, source: str) -> int:
     if env.family == "traffic" and not getattr(env, "resample", False):
         return 1
+    if source == "planner":
+        return FAMILY_PLANNER_EPISODES.get(env.family, RANDOM_START_EPISODES[source])
     return RANDOM_START_EPISODES[source]
 
 
