@@ -44,12 +44,13 @@ log = logging.getLogger("leed_jax.dg")
 # Episodes of the final evaluation priced against the yardsticks when the config says "auto"
 # (-1): ``$LEED_YARDSTICKS`` if set (the test suite sets 0), else this.
 DEFAULT_EPISODES = 4
-# Rounds of each planner run (its DG default is 30). Measured on reset key 0 with the planner
-# before stop 17 (MSA switching, mean link-time table): on traffic-grid the best plan appeared
-# by round 11 either way; on traffic-grid-large rounds 13-20 lowered the optimum's best total by
-# 0.7 % and did not help the equilibrium's. Not re-measured for the queue table and the gain
-# switch (benchmarks/equilibrium_planner.py reports the round of the returned plan).
-DEFAULT_ROUNDS = 12
+# Rounds of each planner run: the DG default, 30. With the queue table and the gain switch
+# (stop 17) the equilibrium keeps improving to the last round: on reset key 0, 12 rounds gave
+# traffic-grid a plan at gap 0.033 (total 3,894 s) against 0.012 (3,886 s) after 30, and
+# traffic-grid-large only its warm start (gap 0.106, the incremental plan) against 153,978 s
+# at 0.019 after 30 (`benchmarks/equilibrium_planner.py SCENARIO --keys 0 --set rounds=12`).
+# (The old planner, MSA on the mean table, had its best plans by round 11-12.)
+DEFAULT_ROUNDS = 30
 CACHE_VERSION = 2  # bump when the planner or the definition of a yardstick changes (2: queue table)
 
 # Summary fields written by :func:`compare`, in table order.
