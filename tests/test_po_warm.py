@@ -213,3 +213,17 @@ def test_evaluations_are_due_on_schedule_and_share_the_held_out_episodes():
     # (MPE's time-limit ends: tests/test_jaxmarl_adapter.py.)
     _, ro, _ = jax.eval_shape(tr.collect, a)
     assert ro.bootstrap is None
+
+
+def test_warm_start_defaults_come_from_the_env_family():
+    """Left at None, the warm start's length and plateau stop are the env family's (MPE needs a
+    long fit without the stop, README issue #10); a value the user gives is kept."""
+    c = TrainConfig()
+    assert c.warm_start_steps is None and c.warm_start_tol is None and c.warm_start
+    mpe, traffic, other = c.for_family("mpe"), c.for_family("traffic"), c.for_family("smax")
+    assert (mpe.warm_start_steps, mpe.warm_start_tol) == (40_000, 0.0)
+    assert (traffic.warm_start_steps, traffic.warm_start_tol) == (3000, 0.01)
+    assert (other.warm_start_steps, other.warm_start_tol) == (3000, 0.01)
+    mine = c.replace(warm_start_steps=7, warm_start_tol=0.5).for_family("mpe")
+    assert (mine.warm_start_steps, mine.warm_start_tol) == (7, 0.5)
+    assert not c.replace(warm_start_steps=0).warm_start

@@ -139,6 +139,15 @@ class DemoOptions(LLMOptions):
                                  metavar="DIR")
 
 
+# Warm-start defaults per env family, (warm_start_steps, warm_start_tol), for the fields left at
+# None. Traffic: the plateau stop ends the fit after 1,000-1,500 steps and a plateau-free
+# 3,000-step fit gave the same held-out return (README, issue #10). MPE spread: the clone learns
+# the planner's landmark assignment only past the plateau, from many episodes: 40,000 steps
+# without the stop give -12.8 on held-out starts against -20.6 with it (README, "The MPE
+# jump-start"; benchmarks/warm_start_episodes.py). Other families take traffic's.
+FAMILY_WARM_START = {"traffic": (3000, 0.01), "mpe": (40_000, 0.0)}
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs. ``total_steps`` counts env steps (one ``env.step`` of
@@ -209,15 +218,16 @@ class TrainConfig:
     )
     expert_batch_size: int = _f(64, "demo samples per agent per minibatch", check=">0")
     # -- warm start (leed and bc) ---------------------------------------------------------
-    warm_start_steps: int = _f(
-        3000, "leed/bc: at most this many Adam steps of the expert loss alone before the first "
-        "rollout (stops early on a plateau; 0: off)", check=">=0",
+    warm_start_steps: int | None = _f(
+        None, "leed/bc: at most this many Adam steps of the expert loss alone before the first "
+        "rollout (0: off; default: per env family, 3000 on traffic, 40000 on MPE)", check=">=0",
     )
     warm_start_lr: float = _f(1e-3, "warm start: Adam learning rate", check=">0")
     warm_start_batch: int = _f(256, "warm start: demo samples per agent per step", check=">0")
-    warm_start_tol: float = _f(
-        0.01, "warm start: stop when 100 steps improve the expert loss by less than this "
-        "fraction (and 1e-3 nats); 0: no early stop, run all warm_start_steps", check=">=0",
+    warm_start_tol: float | None = _f(
+        None, "warm start: stop when 100 steps improve the expert loss by less than this "
+        "fraction (and 1e-3 nats); 0: no early stop, run all warm_start_steps (default: per env "
+        "family, 0.01 on traffic, 0 on MPE)", check=">=0",
     )
     warm_critic_updates: int = _f(
         4, "warm start: rollouts of the warm policy that fit the critic before the actor moves "
@@ -281,8 +291,21 @@ class TrainConfig:
 
     @property
     def warm_start(self) -> bool:
-        """The warm start runs (leed and bc with ``warm_start_steps > 0``)."""
-        return self.algo in ("leed", "bc") and self.warm_start_steps > 0
+        """The warm start runs (leed and bc with ``warm_start_steps > 0``; every family's
+        default is > 0)."""
+        return self.algo in ("leed", "bc") and (self.warm_start_steps is None or self.warm_start_steps > 0)
+
+    def for_family(self, family: str | None) -> TrainConfig:
+        """This config with the fields left to the env family (``None``) filled in from
+        :data:`FAMILY_WARM_START` (``prepare`` and ``make_train`` call it with the env's
+        ``family``)."""
+        steps, tol = FAMILY_WARM_START.get(family or "", FAMILY_WARM_START["traffic"])
+        changes = {}
+        if self.warm_start_steps is None:
+            changes["warm_start_steps"] = steps
+        if self.warm_start_tol is None:
+            changes["warm_start_tol"] = tol
+        return self.replace(**changes) if changes else self
 
     @property
     def warm_critic(self) -> bool:

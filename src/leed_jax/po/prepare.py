@@ -93,6 +93,9 @@ def prepare(
         from leed_jax.envs.registry import make_env
 
         env = make_env(config.scenario, num_agents=config.num_agents)
+    # The fields left to the env family (the warm start's), resolved once: config.toml, the
+    # trainer and the host loop all see the values used.
+    config = config.for_family(getattr(env, "family", None))
     if demos is not None:
         from leed_jax.dg.buffer import check_fits
 

@@ -102,6 +102,7 @@ class Trainer:
         """The trainer of ``config`` for ``env`` (wrapped in ``AutoResetWrapper`` unless it
         is), without checks: the caller has validated ``config`` and fitted ``demos`` to
         ``env`` (``make_train`` and ``prepare`` do, once)."""
+        config = config.for_family(getattr(env, "family", None))  # warm-start defaults
         env = _wrap_autoreset(env)
         spec = env.spec
         use_expert = config.algo in ("leed", "bc")
