@@ -35,7 +35,7 @@ import time
 
 import numpy as np
 
-from leed_jax.config import TrainConfig
+from leed_jax.config import TrainConfig, parse_set
 from leed_jax.dg.yardsticks import describe, summary_fields
 from leed_jax.envs.registry import make_env
 from leed_jax.io.plots import plot_learning_curves
@@ -179,17 +179,10 @@ def main(argv=None, **defaults) -> dict:
     methods = [a.strip() for a in args.algos.split(",") if a.strip()]
     out = pathlib.Path(args.out or f"runs/bench-{pathlib.Path(args.scenario).stem}")
     out.mkdir(parents=True, exist_ok=True)
-    extra = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        try:
-            extra[key] = json.loads(value)
-        except json.JSONDecodeError:
-            extra[key] = value
-        if isinstance(extra[key], list):
-            extra[key] = tuple(extra[key])
+    extra = parse_set(args.set)
     base = TrainConfig(scenario=args.scenario, total_steps=args.total_steps, seeds=args.seeds,
                        num_agents=args.agents, progress=False, **extra)
+    base.validate()  # a bad field fails here, before the demonstrations are generated
     env = make_env(base.scenario, num_agents=base.num_agents)
     demo_path = args.demos
     needs_demos = args.bad_demos or any(a.split(":")[0] in ("leed", "bc") for a in methods)
@@ -294,4 +287,10 @@ def main(argv=None, **defaults) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from leed_jax.config import ConfigError, UsageError
+
+    try:
+        main()
+    except (UsageError, ConfigError) as err:  # a bad flag or field: one line, exit 2
+        print(f"{pathlib.Path(__file__).name}: error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -139,20 +139,12 @@ def main(argv=None) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from leed_jax.config import TrainConfig
+    from leed_jax.config import TrainConfig, parse_set
     from leed_jax.dg.buffer import load_demos, read_demo_meta
     from leed_jax.envs.registry import make_env
     from leed_jax.po.trainer import Trainer, demo_accuracy, seed_keys
 
-    extra = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        try:
-            extra[key] = json.loads(value)
-        except json.JSONDecodeError:
-            extra[key] = value
-        if isinstance(extra[key], list):  # --set actor_hidden=[128,128]
-            extra[key] = tuple(extra[key])
+    extra = parse_set(args.set)
     cfg = TrainConfig(scenario=args.scenario, algo="leed", seeds=args.seeds, progress=False,
                       **{"warm_critic_updates": 0, **extra})
     cfg.validate()
@@ -239,4 +231,10 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from leed_jax.config import ConfigError, UsageError
+
+    try:
+        main()
+    except (UsageError, ConfigError) as err:  # a bad flag or field: one line, exit 2
+        print(f"{pathlib.Path(__file__).name}: error: {err}", file=sys.stderr)
+        sys.exit(2)

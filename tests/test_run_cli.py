@@ -208,3 +208,14 @@ def test_main_job_end_to_end_on_a_tiny_scenario(tmp_path, tiny):
     # the table: the trained policy, IPPO on the same budget, and the demonstrations
     for row in ("LEED", "IPPO", "demonstrations (planner)"):
         assert row in proc.stdout, proc.stdout
+
+
+def test_benchmark_set_items_parse_to_config_changes():
+    from leed_jax.config import UsageError, parse_set
+
+    assert parse_set(["lr=0.001", "actor_hidden=[128,128]", "expert_schedule=qfilter", "progress=false"]) == {
+        "lr": 0.001, "actor_hidden": (128, 128), "expert_schedule": "qfilter", "progress": False}
+    with pytest.raises(UsageError, match="KEY=VALUE"):
+        parse_set(["lr"])
+    with pytest.raises(UsageError, match="'learning_rate' is not a TrainConfig field"):
+        parse_set(["learning_rate=0.1"])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import pathlib
@@ -580,6 +581,27 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UsageError(message)
+
+
+def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items (benchmarks) as TrainConfig changes: JSON values (a bare word
+    is a string), JSON lists as tuples (``actor_hidden=[128,128]``). A missing ``=``, or a key
+    that is no TrainConfig field, is a ``UsageError``; the values are checked by
+    ``TrainConfig.validate``."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        if key.strip() not in known:
+            raise UsageError(f"--set {item}: {key.strip()!r} is not a TrainConfig field")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        out[key.strip()] = tuple(parsed) if isinstance(parsed, list) else parsed
+    return out
 
 
 def int_list(text: str) -> tuple[int, ...]:
