@@ -287,10 +287,6 @@ def main(argv=None, **defaults) -> dict:
 
 
 if __name__ == "__main__":
-    from leed_jax.config import ConfigError, UsageError
+    from leed_jax.config import main_or_exit_2
 
-    try:
-        main()
-    except (UsageError, ConfigError) as err:  # a bad flag or field: one line, exit 2
-        print(f"{pathlib.Path(__file__).name}: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    main_or_exit_2(main, pathlib.Path(__file__).name)  # a bad flag or field: one line, exit 2

@@ -9,11 +9,16 @@ from leed_jax.envs.network import grid_network
 from leed_jax.envs.traffic import TrafficEnv, TrafficParams
 
 
-def test_symmetric_two_routes_split_and_beat_all_on_one():
+def _two_routes(n=24):
+    """A 2x2 grid whose n vehicles all leave node 0 at once for node 3: two symmetric routes."""
     net = grid_network(2, 2, link_length=200.0, speed=10.0, capacity_per_lane_km=20.0)
-    n = 24
     demand = Demand(np.zeros(n, np.int32), np.full(n, 3, np.int32), np.zeros(n, np.int32))
-    env = TrafficEnv(net, demand, TrafficParams(dt=10.0, horizon=60))
+    return TrafficEnv(net, demand, TrafficParams(dt=10.0, horizon=60))
+
+
+def test_symmetric_two_routes_split_and_beat_all_on_one():
+    n = 24
+    env = _two_routes(n)
     key = jax.random.PRNGKey(0)
     one = plan_routes(env, key=key, config=EquilibriumConfig(rounds=1))  # all on route 0
     eq = plan_routes(env, key=key, config=EquilibriumConfig(rounds=15, gap_tol=0.0))
@@ -29,10 +34,7 @@ def test_queue_table_prices_a_fixed_plan_exactly_where_the_mean_table_cannot():
     # 24 vehicles leave together onto one route: they enter each link in one bin and leave one
     # headway apart, so the bin's mean misprices each by up to half the queue; the queue
     # table (each vehicle's place in the FIFO queue) prices every one of them.
-    net = grid_network(2, 2, link_length=200.0, speed=10.0, capacity_per_lane_km=20.0)
-    n = 24
-    demand = Demand(np.zeros(n, np.int32), np.full(n, 3, np.int32), np.zeros(n, np.int32))
-    env = TrafficEnv(net, demand, TrafficParams(dt=10.0, horizon=60))
+    env = _two_routes(24)
     key = jax.random.PRNGKey(0)
     mean = plan_routes(env, key=key, config=EquilibriumConfig(rounds=1, table="mean"))
     queue = plan_routes(env, key=key, config=EquilibriumConfig(rounds=1))  # auto: queue links

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import pathlib
+import sys
 import tomllib
 import types
 import typing
@@ -602,6 +603,16 @@ def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
             parsed = value
         out[key.strip()] = tuple(parsed) if isinstance(parsed, list) else parsed
     return out
+
+
+def main_or_exit_2(main, prog: str) -> None:
+    """Run a script's ``main()``; a ``UsageError`` or ``ConfigError`` (a bad flag or field)
+    is one line on stderr and exit status 2 instead of a traceback (the benchmarks' CLIs)."""
+    try:
+        main()
+    except (UsageError, ConfigError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 def int_list(text: str) -> tuple[int, ...]:
