@@ -299,7 +299,7 @@ class TrainConfig:
 
     def for_family(self, family: str | None) -> TrainConfig:
         """This config with the fields left to the env family (``None``) filled in from
-        :data:`FAMILY_WARM_START` (``prepare`` and ``make_train`` call it with the env's
+        :data:`FAMILY_WARM_START` (``prepare`` and ``Trainer.build`` call it with the env's
         ``family``)."""
         steps, tol = FAMILY_WARM_START.get(family or "", FAMILY_WARM_START["traffic"])
         changes = {}
