@@ -384,8 +384,9 @@ class QueueTable:
         self.entries = a_s  # entry times, ascending per link
         self.wstart = np.searchsorted(self.wkeys, self._key(np.arange(num_links + 1), 0.0, 0))
         # Exits per link in time order: the m-th entrant needs exit number m − room.
-        self.exits = np.sort(x + e * big) - np.sort(e) * big
-        self.xstart = np.searchsorted(np.sort(e), np.arange(num_links + 1))
+        e_sorted = np.sort(e)
+        self.exits = np.sort(x + e * big) - e_sorted * big
+        self.xstart = np.searchsorted(e_sorted, np.arange(num_links + 1))
 
     def _key(self, e, t, vid):
         tick = np.clip(np.floor(np.asarray(t, np.float64) * self._TICK), 0, self._ticks - 1).astype(np.int64)
@@ -496,7 +497,6 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
     p = env.params
     use_queue = config.table == "queue" or (
         config.table == "auto" and p.link_model == "queue" and p.queue_running == "free")
-    headway = np.asarray(getattr(env, "_headway", np.zeros(graph.num_links)), np.float64)
     storage = np.asarray(graph.link_storage, np.float64)
     vid = np.arange(n)
     keep = config.keep if config.keep != "auto" else ("gap" if config.objective == "equilibrium" else "total")
@@ -504,6 +504,8 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
     flow = np.asarray(getattr(env.network, "link_flow_capacity", None)
                       if getattr(env.network, "link_flow_capacity", None) is not None
                       else np.full(graph.num_links, 1800.0), np.float64) / 3600.0
+    # Seconds between exits at capacity, as the env holds them (float32 of 1 / flow).
+    headway = (1.0 / flow).astype(np.float32).astype(np.float64)
     rng = np.random.default_rng(config.seed)
     sim_key = jax.random.fold_in(key, 1)
     links_j, depart_j, valid_j = jnp.asarray(links), jnp.asarray(depart_s, jnp.float32), jnp.asarray(valid)
