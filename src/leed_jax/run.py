@@ -54,7 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_config(argv: list[str] | None) -> tuple[TrainConfig, pathlib.Path | None]:
     """The config of a command line and the run directory to resume, if any (``prepare``
     validates the config and resolves the default run directory)."""
-    args = vars(build_parser().parse_args(argv))
+    return _resolve(vars(build_parser().parse_args(argv)))
+
+
+def _resolve(args: dict) -> tuple[TrainConfig, pathlib.Path | None]:
+    """``resolve_config`` of an already parsed command line (``vars`` of the namespace)."""
+    args = dict(args)
     if args.pop("distributed", False):
         from leed_jax.parallel import initialize_distributed
 
@@ -215,7 +220,7 @@ def _train_and_report(prepared, export_dir: str | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     try:  # a mistyped flag is one line and exit 2 at once, before the imports of jax below
-        build_parser().parse_args(argv)
+        args = vars(build_parser().parse_args(argv))
     except UsageError as err:
         _error(f"{PROG}: error: {err}")
         return 2
@@ -238,9 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         pass
     out = "DIR"
     try:
-        config, resume_dir = resolve_config(argv)
+        config, resume_dir = _resolve(args)
         out = config.out or out
-        export_dir = build_parser().parse_known_args(argv)[0].__dict__.get("export_sumo")
+        export_dir = args.get("export_sumo")
         return run(config, resume_dir, export_dir)
     except bad_input as err:
         if os.environ.get("LEED_DEBUG"):

@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:  # a mistyped flag is one line and exit 2 at once, before the imports of jax below
-        build_parser().parse_args(argv)
+        args = vars(build_parser().parse_args(argv))
     except ValueError as err:  # UsageError, or a flag value a type rejects
         print(f"python -m leed_jax.sweep: error: {err}", file=sys.stderr)
         return 2
@@ -273,7 +273,6 @@ def main(argv: list[str] | None = None) -> int:
     from leed_jax.io.rundir import RunDirError
 
     try:
-        args = vars(build_parser().parse_args(argv))
         distributed = args.pop("distributed")
         if distributed:
             from leed_jax.parallel import initialize_distributed
