@@ -336,8 +336,8 @@ def run_dg(cfg: DemoConfig, env=None) -> DGResult:
     reports = [ep.best_report for ep in episodes]
     summary = summarize(reports)
     planner_desc = {"incremental": "congestion-aware incremental shortest paths",
-                    "equilibrium": "simulated dynamic user equilibrium (MSA)",
-                    "optimum": "simulated dynamic system optimum (MSA, marginal costs)"}
+                    "equilibrium": "simulated dynamic user equilibrium",
+                    "optimum": "simulated dynamic system optimum (marginal costs)"}
     label = (PLANNER_LABELS.get(env.family, "planner").format(planner=planner_desc[cfg.planner])
              if source == "planner" else f"llm ({model})")
     spec = env.spec
