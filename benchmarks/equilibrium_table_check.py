@@ -52,7 +52,7 @@ def simulate(paths):
 
 
 def queue_table(route, ent, ext):
-    return eq.QueueTable(route, ent, ext, dep, g.link_tfree, np.asarray(env._headway), g.link_storage, horizon_s)
+    return eq.QueueTable(route, ent, ext, dep, g.link_tfree, eq.link_headways(g), g.link_storage, horizon_s)
 
 
 def err(pred, tt):

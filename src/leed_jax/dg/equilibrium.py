@@ -229,13 +229,16 @@ def _build_sim(env, num_bins: int, bin_s: float, censored: bool = True, split_st
         def first(hit):
             return jnp.where(hit.any(axis=1), jnp.argmax(hit, axis=1), route.shape[1])
 
+        def position(link, ptr, on):
+            # Where ``link`` sits on each vehicle's route, searched from the pointer (which runs
+            # on over the padding while a vehicle waits on its last link, hence the cap at the
+            # route's length); the route's length where ``on`` is False.
+            rest = remaining_route(route, jnp.minimum(ptr, n_links))
+            return jnp.where(on, first(rest == link[:, None]), route.shape[1])
+
         def body(carry, key_t):
             s, ptr, tables, ent, ext = carry
-            # The vehicle's position on its route, searched from the pointer before this step's
-            # decision (the pointer runs on over the padding while a vehicle waits on its last
-            # link, hence the cap at the route's length).
-            jq = jnp.where(s.link >= 0, first(remaining_route(route, jnp.minimum(ptr, n_links)) == s.link[:, None]),
-                           route.shape[1])
+            jq = position(s.link, ptr, s.link >= 0)  # before this step's decision moves ptr
             action, ptr = policy(s, targets, ptr)
             rest = remaining_route(route, ptr)
             _, s2, _, _, _ = env.step(key_t, s, action, route=rest)
@@ -281,8 +284,7 @@ def _build_sim(env, num_bins: int, bin_s: float, censored: bool = True, split_st
             on = (sf.link >= 0) & (sf.status != _ARRIVED)
             so_far = jnp.maximum(sf.t.astype(jnp.float32) * dt - sf.enter, 0.0)
             tables = record(tables, on, sf.link, sf.enter, so_far, on)
-            j = jnp.where(on, first(remaining_route(route, jnp.minimum(ptr, n_links)) == sf.link[:, None]),
-                          route.shape[1])
+            j = position(sf.link, ptr, on)
             at = on[:, None] & (pos[None, :] == j[:, None])
             ent = jnp.where(at, sf.enter[:, None], ent)
             ext = jnp.where(at, jnp.float32(horizon * dt), ext)  # still there: exit ≥ the horizon
@@ -315,6 +317,13 @@ def _build_cost(num_bins: int, bin_s: float):
         return jnp.where(valid, cost(links, depart, table), jnp.inf)
 
     return jax.jit(run)
+
+
+def link_headways(network) -> np.ndarray:
+    """Seconds between exits at capacity per link ``[E]``, as the env holds them (float32 of
+    ``3600 / link_flow_capacity``): the queue table's ``headway``."""
+    flow = np.asarray(network.link_flow_capacity, np.float64) / 3600.0
+    return (1.0 / flow).astype(np.float32).astype(np.float64)
 
 
 class QueueTable:
@@ -501,11 +510,8 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
     vid = np.arange(n)
     keep = config.keep if config.keep != "auto" else ("gap" if config.objective == "equilibrium" else "total")
     tfree = graph.link_tfree[:, None] * np.ones((1, num_bins))
-    flow = np.asarray(getattr(env.network, "link_flow_capacity", None)
-                      if getattr(env.network, "link_flow_capacity", None) is not None
-                      else np.full(graph.num_links, 1800.0), np.float64) / 3600.0
-    # Seconds between exits at capacity, as the env holds them (float32 of 1 / flow).
-    headway = (1.0 / flow).astype(np.float32).astype(np.float64)
+    flow = np.asarray(graph.link_flow_capacity, np.float64) / 3600.0  # veh/s
+    headway = link_headways(graph)
     rng = np.random.default_rng(config.seed)
     sim_key = jax.random.fold_in(key, 1)
     links_j, depart_j, valid_j = jnp.asarray(links), jnp.asarray(depart_s, jnp.float32), jnp.asarray(valid)
@@ -517,13 +523,13 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
             sim(sim_key, obs, state, jnp.asarray(targets)))
         total = float(tt.sum())
         totals.append(total)
+        plan = choice.copy()
         by_total = keep == "total" or r == 0
         if by_total and total < best[0]:
-            best = (total, choice.copy(), r)
-        plan = choice.copy()
+            best = (total, plan, r)
+        # optimum: the delay a vehicle imposes on others, per link and entry bin (both tables).
+        extra = 0.5 * ndel / np.maximum(flow[:, None], 1e-9) if config.objective == "optimum" else None
         if use_queue:
-            # optimum: the same externality estimate as the mean table's, per link and entry bin.
-            extra = 0.5 * ndel / np.maximum(flow[:, None], 1e-9) if config.objective == "optimum" else None
             own_all, cost = QueueTable(route, ent, ext, depart_s, graph.link_tfree, headway, storage,
                                        horizon_s).cost(links, depart_s, valid, vid, extra=extra, bin_s=bin_s)
             current, current_own = cost[vid, choice], own_all[vid, choice]
@@ -533,9 +539,7 @@ def plan_routes(env, key=None, state=None, obs=None, config: EquilibriumConfig =
         else:
             seen = cnt > 0
             own = np.where(seen, tsum / np.maximum(cnt, 1), tfree)
-            table = own
-            if config.objective == "optimum":
-                table = own + 0.5 * ndel / np.maximum(flow[:, None], 1e-9)
+            table = own if extra is None else own + extra
             cost = np.asarray(cost_fn(links_j, depart_j, jnp.asarray(table, jnp.float32), valid_j))
             current = cost[vid, choice]
             if config.objective == "optimum":  # own time of the current routes, for the table error
