@@ -52,8 +52,11 @@ PRESETS = {
                        # planner's assignment instead of memorising it: the plateau stop ends
                        # the fit near 0.55 nats, before it has learnt the assignment (README,
                        # issue #10).
+                       # Then DAgger: the planner labels the states the clone reaches itself
+                       # (its errors compound there; README, "The MPE jump-start").
                        set=["num_envs=64", "num_steps=25", "lr=0.001", "eval_envs=64",
-                            "warm_start_steps=40000", "warm_start_tol=0"]),
+                            "warm_start_steps=40000", "warm_start_tol=0",
+                            "warm_start_dagger_rounds=8"]),
     "traffic-grid-large": dict(scenario="traffic-grid-large", algos="leed,ippo,bc",
                                total_steps=60_000, seeds=3, bad_demos=False,
                                set=["num_envs=8"]),
@@ -218,7 +221,8 @@ def main(argv=None, **defaults) -> dict:
         bad, bad_return = random_demos(env, int(meta.get("episodes") or 1), seed=base.seed)
         result["bad_demonstrations"] = {"source": "random valid actions", "mean_return": bad_return,
                                         "generation_s": round(time.perf_counter() - t, 2)}
-        runs.append((BAD, "leed", {}, bad))
+        # The bad demonstrations alone: no expert labels the clone's states (DAgger off).
+        runs.append((BAD, "leed", {"warm_start_dagger_rounds": 0}, bad))
     histories, offsets = {}, {}
     for label, algo, changes, demos in runs:
         safe = label.replace(":", "-").replace("(", "-").replace(")", "").replace(" ", "-")

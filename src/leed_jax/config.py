@@ -236,6 +236,19 @@ class TrainConfig:
         "(their env steps count in the budget)", check=">=0",
     )
     warm_critic_epochs: int = _f(8, "warm start: critic epochs per warm-up rollout", check=">0")
+    warm_start_dagger_rounds: int = _f(
+        0, "warm start: DAgger rounds after the fit (Ross et al. 2011): greedy rollouts of the "
+        "clone whose states the env family's expert labels (MPE only: it needs an expert that "
+        "can be asked online, which LLM demonstrations are not), then more fitting on the "
+        "demonstrations and the labelled states; 0: off; leed and bc only", check=">=0",
+    )
+    warm_start_dagger_envs: int = _f(
+        256, "DAgger: episodes of the clone per round (from fresh resets)", check=">0")
+    warm_start_dagger_steps: int = _f(
+        3000, "DAgger: Adam steps of the expert loss after each round", check=">0")
+    warm_start_dagger_frac: float = _f(
+        0.5, "DAgger: share of each fit batch drawn from the labelled states (the rest from "
+        "the demonstrations)", check="0..1")
     # -- devices --------------------------------------------------------------------------
     mesh_data: int = _f(
         1, "devices on the mesh's data axis, which splits the env batch (-1: all)", check="mesh"
@@ -308,6 +321,12 @@ class TrainConfig:
         if self.warm_start_tol is None:
             changes["warm_start_tol"] = tol
         return self.replace(**changes) if changes else self
+
+    @property
+    def warm_dagger(self) -> bool:
+        """DAgger rounds follow the warm start's fit (leed and bc, ``warm_start_dagger_rounds >
+        0``; ignored by the methods without a warm start, like the other warm-start fields)."""
+        return self.warm_start and self.warm_start_dagger_rounds > 0
 
     @property
     def warm_critic(self) -> bool:

@@ -124,6 +124,59 @@ def _mpe_policy(env) -> Policy:
     return policy
 
 
+# DAgger labelling enumerates the agent-landmark assignments; 7! = 5,040 is still cheap.
+MPE_LABEL_MAX_AGENTS = 7
+
+
+def _mpe_labeler(env) -> Callable[[jax.Array], jax.Array]:
+    """The MPE planner as a function of each agent's own observation (spread's layout: own
+    velocity, own position, the landmarks relative, the other agents relative, …): the
+    assignment of the *current* positions minimising the summed distance (every agent's
+    position is in its observation; brute force over the assignments), then the executor's
+    force rule towards the agent's landmark. On the planner's own trajectories it takes the
+    planner's action on all but the ~1 % of steps where the assignment of the current
+    positions differs from the episode's first one."""
+    import itertools
+
+    je = env.jaxmarl_env
+    n, dt, damping, gain = _mpe_dynamics(env)
+    lm = int(je.num_landmarks)
+    if n > lm or n > MPE_LABEL_MAX_AGENTS:
+        from leed_jax.dg.errors import DGError
+
+        raise DGError(f"the MPE expert labels observations for at most {MPE_LABEL_MAX_AGENTS} "
+                      f"agents and no more agents than landmarks (got {n} agents, {lm} landmarks)")
+    perms = jnp.asarray(list(itertools.permutations(range(lm), n)), jnp.int32)  # [P, N]
+
+    def one(o, g):
+        vel, pos = o[0:2], o[2:4]
+        landmarks = o[4:4 + 2 * lm].reshape(lm, 2)  # relative to the agent
+        others = o[4 + 2 * lm:4 + 2 * lm + 2 * (n - 1)].reshape(n - 1, 2)
+        agents = jnp.concatenate([jnp.zeros((1, 2), o.dtype), others])  # the agent first
+        dist = jnp.linalg.norm(agents[:, None] - landmarks[None], axis=-1)  # [N, L]
+        mine = perms[jnp.argmin(dist[jnp.arange(n)[None, :], perms].sum(-1)), 0]
+        goal = pos + landmarks[mine]
+        v_next = vel[None] * (1 - damping) + _MPE_DIRECTIONS * g
+        stop = (pos + vel * dt)[None] + v_next * (dt / damping)  # [5, 2]
+        return jnp.argmin(jnp.linalg.norm(stop - goal[None], axis=-1)).astype(jnp.int32)
+
+    def label(obs: jax.Array) -> jax.Array:
+        flat = obs.reshape((-1, n, obs.shape[-1]))
+        acts = jax.vmap(jax.vmap(one), in_axes=(0, None))(flat, gain)
+        return acts.reshape(obs.shape[:-1])
+
+    return label
+
+
+def expert_labeler(env) -> Callable[[jax.Array], jax.Array] | None:
+    """The family's expert as a pure function of the observations, ``obs [..., N, D] ->
+    action [..., N]``, for DAgger (the warm start's ``warm_start_dagger_rounds``): MPE has one
+    (the planner's assignment and force rule, see ``_mpe_labeler``); None for families whose
+    expert needs more than what the agent observes (traffic: the planner's routes come from
+    the whole demand's equilibrium)."""
+    return _mpe_labeler(env) if getattr(env, "family", None) == "mpe" else None
+
+
 def _traffic_extras(env, state, peak_counts):
     return {
         "travel_time": state.travel_time,  # [N] s

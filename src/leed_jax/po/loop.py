@@ -230,6 +230,10 @@ def run_prepared(prepared: Prepared, *, max_chunks: int | None = None) -> TrainR
             say(f"warm start: {record['warm_steps']:.0f} steps, expert loss "
                 f"{record['warm_expert_loss_start']:.3f} -> {record['warm_expert_loss_end']:.3f}, "
                 f"greedy matches {100 * record['warm_demo_accuracy']:.1f} % of demo actions")
+            if "warm_dagger_agreement_end" in record:
+                say(f"DAgger: {config.warm_start_dagger_rounds} rounds, the clone takes the "
+                    f"expert's action on {100 * record['warm_dagger_agreement_start']:.1f} -> "
+                    f"{100 * record['warm_dagger_agreement_end']:.1f} % of its own states")
         state, ev = evaluate(state)
         record.update(eval_record(config, to_host(ev)))
         record["wall_s"] = round(time.perf_counter() - t_start, 3)

@@ -96,6 +96,7 @@ class Trainer:
     use_ppo: bool
     use_expert: bool
     full_demos: bool = False  # the expert loss uses the whole demo buffer (see sample_demo)
+    labeler: Any = None  # DAgger: the family's expert, obs [..., N, D] -> action [..., N]
 
     @classmethod
     def build(cls, config: TrainConfig, env, demos=None) -> Trainer:
@@ -117,6 +118,16 @@ class Trainer:
             share=config.share_params,
             embed_dim=config.agent_embed_dim,
         )
+        labeler = None
+        if config.warm_dagger:
+            from leed_jax.config import ConfigError
+            from leed_jax.dg.executor import expert_labeler
+
+            labeler = expert_labeler(env.env if hasattr(env, "env") else env)
+            if labeler is None:
+                raise ConfigError(
+                    f"warm_start_dagger_rounds > 0 needs an expert that labels any observation; "
+                    f"env family {getattr(env, 'family', None)!r} has none (mpe has)")
         lr: Any = config.lr
         if config.anneal_lr:
             steps = config.num_updates * config.update_epochs * config.num_minibatches
@@ -131,6 +142,7 @@ class Trainer:
             use_ppo=config.algo != "bc",
             use_expert=use_expert,
             full_demos=use_expert and demos.obs.shape[1] <= config.expert_batch_size,
+            labeler=labeler,
         )
 
     @property
@@ -422,8 +434,12 @@ class Trainer:
             "warm_steps": windows * window,
             "warm_expert_loss_start": loss0,
             "warm_expert_loss_end": loss_end,
-            "warm_demo_accuracy": demo_accuracy(self.policy, params, demos),
         }
+        if c.warm_dagger:
+            # Its own key, so that runs without DAgger keep the keys (and results) they had.
+            params, dagger_metrics = self._dagger(params, demos, jax.random.fold_in(k_bc, 7))
+            metrics.update(dagger_metrics)
+        metrics["warm_demo_accuracy"] = demo_accuracy(self.policy, params, demos)
         state = state._replace(params=params, rng=rng)
         if c.warm_critic:
             actor = state.params["actor"]
@@ -434,6 +450,86 @@ class Trainer:
                 jax.tree_util.tree_map(jnp.subtract, state.params["actor"], actor))
         state = state._replace(teacher_critic=_critic_part(state.params), warm=jnp.ones((), bool))
         return state, metrics
+
+    def _dagger(self, params: Params, demos, key: jax.Array):
+        """DAgger after the fit (Ross, Gordon & Bagnell 2011, "A Reduction of Imitation
+        Learning and Structured Prediction to No-Regret Online Learning"): a clone fitted on
+        the expert's trajectories errs on the states its own mistakes lead to, which the
+        demonstrations never show (compounding error). Each of ``warm_start_dagger_rounds``
+        rounds runs the current clone greedily for one episode in ``warm_start_dagger_envs``
+        fresh envs, has the family's expert (``labeler``) label every state it visited,
+        adds them to an aggregate, and fits ``warm_start_dagger_steps`` Adam steps of the
+        expert loss on batches of ``warm_start_batch`` per agent, a ``warm_start_dagger_frac``
+        share of them drawn from the aggregate and the rest from the demonstrations. The
+        aggregate has a fixed size (all rounds), so this is one compiled scan."""
+        c = self.config
+        n, horizon = self.num_agents, self.env.spec.horizon
+        per_round = c.warm_start_dagger_envs * horizon
+        cap = c.warm_start_dagger_rounds * per_round
+        b_new = 0 if c.warm_start_dagger_frac == 0 else max(
+            1, round(c.warm_start_batch * c.warm_start_dagger_frac))
+        b_demo = c.warm_start_batch - b_new
+        opt = make_optimizer(c.warm_start_lr, c.max_grad_norm, per_agent=not self.policy.share)
+        agent_major = lambda x: jnp.swapaxes(x.reshape((per_round, n) + x.shape[3:]), 0, 1)
+
+        def collect(params, k):
+            k_reset, k_roll = jax.random.split(k)
+            carry = reset_envs(self.env, k_reset, c.warm_start_dagger_envs)
+            _, ro = rollout(self.env, self.policy, params, carry, k_roll, horizon,
+                            centralised=self.centralised, greedy=True)
+            tr = ro.transition
+            label = self.labeler(tr.obs)  # [T, E, N]
+            dec = tr.decision
+            agree = ((tr.action == label) & dec).sum() / jnp.maximum(dec.sum(), 1)
+            return (agent_major(tr.obs), agent_major(label), agent_major(tr.avail),
+                    agent_major(dec).astype(jnp.float32)), agree
+
+        def fit_step(buf, filled):
+            def step(carry, k):
+                params, opt_state = carry
+                k_demo, k_new = jax.random.split(k)
+                d = sample_demos(k_demo, demos, b_demo)  # obs [N, b, D], action, avail, weight
+                idx = jax.random.randint(k_new, (n, b_new), 0, filled)
+                g = tuple(jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), 1)
+                          for x in buf)
+                obs, action, avail, weight = (
+                    jnp.swapaxes(jnp.concatenate([a, b], 1), 0, 1) for a, b in zip(d, g))
+
+                def loss(p):
+                    return expert_loss(self.policy.logits(p, obs, avail), action, weight).sum()
+
+                value, grads = jax.value_and_grad(loss)(params)
+                updates, opt_state = opt.update(grads, opt_state, params)
+                return (optax.apply_updates(params, updates), opt_state), value / n
+            return step
+
+        def one_round(carry, xs):
+            params, buf = carry
+            r, k = xs
+            k_collect, k_fit = jax.random.split(k)
+            new, agree = collect(params, k_collect)
+            buf = tuple(jax.lax.dynamic_update_slice_in_dim(b, x, r * per_round, axis=1)
+                        for b, x in zip(buf, new))
+            (params, _), losses = jax.lax.scan(
+                fit_step(buf, (r + 1) * per_round), (params, opt.init(params)),
+                jax.random.split(k_fit, c.warm_start_dagger_steps))
+            return (params, buf), (agree, losses[-min(100, losses.shape[0]):].mean())
+
+        buf0 = (jnp.zeros((n, cap) + demos.obs.shape[2:], demos.obs.dtype),
+                jnp.zeros((n, cap), jnp.int32),
+                jnp.ones((n, cap) + demos.avail.shape[2:], bool),
+                jnp.zeros((n, cap), jnp.float32))
+        rounds = jnp.arange(c.warm_start_dagger_rounds)
+        (params, _), (agree, losses) = jax.lax.scan(
+            one_round, (params, buf0),
+            (rounds, jax.random.split(key, c.warm_start_dagger_rounds)))
+        # Agreement of the clone's greedy action with the expert's on the clone's own states:
+        # before the first round's fit, and (a fresh rollout) after the last one's.
+        _, agree_end = collect(params, jax.random.fold_in(key, 1))
+        return params, {"warm_dagger_agreement_start": agree[0],
+                        "warm_dagger_agreement_end": agree_end,
+                        "warm_dagger_expert_loss_end": losses[-1],
+                        "warm_dagger_states": jnp.asarray(cap * n, jnp.float32)}
 
     def _warm_critic(self, state: TrainState, demos, key: jax.Array):
         """Step 2 of ``warm_start``: value-only updates on rollouts of the frozen warm actor."""
