@@ -207,6 +207,9 @@ def main(argv=None) -> dict:
             "warm_steps": float(np.mean(metrics["warm_steps"])),
             "warm_expert_loss_end": float(np.mean(metrics["warm_expert_loss_end"])),
             "train_accuracy": float(np.mean(metrics["warm_demo_accuracy"])),
+            # DAgger (--set warm_start_dagger_rounds=R): the clone against the expert on the
+            # states it reaches itself, before the first round and after the last
+            **{k: float(np.mean(v)) for k, v in metrics.items() if k.startswith("warm_dagger")},
             "heldout_accuracy": float(held_acc.mean()),
             **split,
             "warm_eval_return": float(ret.mean()),

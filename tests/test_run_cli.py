@@ -145,6 +145,8 @@ def test_the_main_job_assembles_its_run_once(tmp_path, tiny, monkeypatch):
         (["--timeout", "nan"], ["'timeout'", "> 0", "nan"]),
         (["--llm-granularity", "word"], ["'granularity'", "next-hop", "'word'"]),
         (["--scenario", "no-such-scenario"], ["no-such-scenario"]),
+        (["--warm-start-dagger-rounds", "2"], ["warm_start_dagger_rounds", "'traffic'"]),
+        (["--warm-start-dagger-frac", "2"], ["'warm_start_dagger_frac'", "[0, 1]"]),
     ],
 )
 def test_bad_input_is_one_line_with_exit_status_2(capsys, argv, needles):

@@ -118,16 +118,7 @@ class Trainer:
             share=config.share_params,
             embed_dim=config.agent_embed_dim,
         )
-        labeler = None
-        if config.warm_dagger:
-            from leed_jax.config import ConfigError
-            from leed_jax.dg.executor import expert_labeler
-
-            labeler = expert_labeler(env.env if hasattr(env, "env") else env)
-            if labeler is None:
-                raise ConfigError(
-                    f"warm_start_dagger_rounds > 0 needs an expert that labels any observation; "
-                    f"env family {getattr(env, 'family', None)!r} has none (mpe has)")
+        labeler = dagger_labeler(env) if config.warm_dagger else None
         lr: Any = config.lr
         if config.anneal_lr:
             steps = config.num_updates * config.update_epochs * config.num_minibatches
@@ -632,6 +623,24 @@ def demo_accuracy(policy: ActorCritic, params: Params, demos) -> jax.Array:
     valid = jnp.swapaxes(demos.valid, 0, 1)
     hit = (greedy == jnp.swapaxes(demos.action, 0, 1)) & valid
     return hit.sum() / jnp.maximum(valid.sum(), 1)
+
+
+def dagger_labeler(env):
+    """The env family's expert for DAgger (``leed_jax.dg.executor.expert_labeler``), or a
+    one-line ``ConfigError`` where the family has none."""
+    from leed_jax.config import ConfigError
+    from leed_jax.dg.errors import DGError
+    from leed_jax.dg.executor import expert_labeler
+
+    try:
+        labeler = expert_labeler(env)  # the auto-reset wrapper forwards family, jaxmarl_env
+    except DGError as exc:
+        raise ConfigError(f"warm_start_dagger_rounds > 0: {exc}") from None
+    if labeler is None:
+        raise ConfigError(
+            f"warm_start_dagger_rounds > 0 needs an expert that labels any observation; env "
+            f"family {getattr(env, 'family', None)!r} has none (mpe has)")
+    return labeler
 
 
 def discount_per_step(config: TrainConfig, env) -> float:
