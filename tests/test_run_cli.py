@@ -146,6 +146,7 @@ def test_the_main_job_assembles_its_run_once(tmp_path, tiny, monkeypatch):
         (["--llm-granularity", "word"], ["'granularity'", "next-hop", "'word'"]),
         (["--scenario", "no-such-scenario"], ["no-such-scenario"]),
         (["--warm-start-dagger-rounds", "2"], ["warm_start_dagger_rounds", "'traffic'"]),
+        (["--expert-own-states", "0.5"], ["expert_own_states", "'traffic'"]),
         (["--warm-start-dagger-frac", "2"], ["'warm_start_dagger_frac'", "[0, 1]"]),
     ],
 )

@@ -219,6 +219,10 @@ class TrainConfig:
         0.05, "adaptive: EMA rate of each agent's own episodic return", check="(0,1]"
     )
     expert_batch_size: int = _f(64, "demo samples per agent per minibatch", check=">0")
+    expert_own_states: float = _f(
+        0.0, "leed/bc: share of the expert loss taken on the minibatch's own rollout states, "
+        "labelled by the env family's expert (DAgger during training, Ross et al. 2011; MPE "
+        "only, like warm_start_dagger_rounds); 0: the demonstrations only", check="0..1")
     # -- warm start (leed and bc) ---------------------------------------------------------
     warm_start_steps: int | None = _f(
         None, "leed/bc: at most this many Adam steps of the expert loss alone before the first "
@@ -327,6 +331,12 @@ class TrainConfig:
         """DAgger rounds follow the warm start's fit (leed and bc, ``warm_start_dagger_rounds >
         0``; ignored by the methods without a warm start, like the other warm-start fields)."""
         return self.warm_start and self.warm_start_dagger_rounds > 0
+
+    @property
+    def needs_labeler(self) -> bool:
+        """The run asks the env family's expert about states (DAgger in the warm start or in
+        training)."""
+        return self.warm_dagger or (self.algo in ("leed", "bc") and self.expert_own_states > 0)
 
     @property
     def warm_critic(self) -> bool:

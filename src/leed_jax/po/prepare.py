@@ -96,7 +96,7 @@ def prepare(
     # The fields left to the env family (the warm start's), resolved once: config.toml, the
     # trainer and the host loop all see the values used.
     config = config.for_family(getattr(env, "family", None))
-    if config.warm_dagger:  # the family must have an expert that labels observations
+    if config.needs_labeler:  # the family must have an expert that labels observations
         from leed_jax.po.trainer import dagger_labeler
 
         dagger_labeler(env)

@@ -118,7 +118,7 @@ class Trainer:
             share=config.share_params,
             embed_dim=config.agent_embed_dim,
         )
-        labeler = dagger_labeler(env) if config.warm_dagger else None
+        labeler = dagger_labeler(env) if config.needs_labeler else None
         lr: Any = config.lr
         if config.anneal_lr:
             steps = config.num_updates * config.update_epochs * config.num_minibatches
@@ -183,6 +183,11 @@ class Trainer:
             if self.schedule.kind == "qfilter":
                 d_weight, kept = self.qfilter(params, teacher, d_obs, d_weight)
             ex = expert_loss(d_logits, d_action, d_weight)
+            if c.expert_own_states > 0:
+                # DAgger in training: the expert's action on the states this policy reached
+                # (its own rollout), on the logits computed above.
+                own = expert_loss(logits, self.labeler(mb.obs), mb.decision.astype(jnp.float32))
+                ex = (1 - c.expert_own_states) * ex + c.expert_own_states * own
             per_agent += weight * ex
         return per_agent.sum(), (terms, ex, kept)
 
@@ -635,11 +640,11 @@ def dagger_labeler(env):
     try:
         labeler = expert_labeler(env)  # the auto-reset wrapper forwards family, jaxmarl_env
     except DGError as exc:
-        raise ConfigError(f"warm_start_dagger_rounds > 0: {exc}") from None
+        raise ConfigError(f"warm_start_dagger_rounds / expert_own_states: {exc}") from None
     if labeler is None:
         raise ConfigError(
-            f"warm_start_dagger_rounds > 0 needs an expert that labels any observation; env "
-            f"family {getattr(env, 'family', None)!r} has none (mpe has)")
+            f"warm_start_dagger_rounds / expert_own_states > 0 need an expert that labels any "
+            f"observation; env family {getattr(env, 'family', None)!r} has none (mpe has)")
     return labeler
 
 
