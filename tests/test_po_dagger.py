@@ -76,3 +76,30 @@ def test_dagger_needs_a_family_with_an_expert_that_labels_observations():
         make_train(cfg, env, demos)
     # Methods without a warm start ignore the field, like the other warm-start fields.
     make_train(cfg.replace(algo="ippo"), env, None)
+
+
+def test_expert_own_states_mixes_the_experts_labels_of_the_minibatch_into_the_expert_loss(mpe):
+    from leed_jax.po.expert import expert_loss
+    from leed_jax.po.trainer import MiniBatchData
+
+    env, episodes, returns = mpe
+    demos = jax.tree_util.tree_map(jnp.asarray, from_transitions(episodes, returns))
+    cfg = TrainConfig(scenario="mpe-spread", algo="bc", num_envs=4, num_steps=25,
+                      num_minibatches=4, total_steps=200, actor_hidden=(16,), critic_hidden=(8,),
+                      expert_own_states=0.25, progress=False)
+    tr = make_train(cfg, env, demos)
+    params = tr.policy.init(jax.random.PRNGKey(1))
+    t = episodes[0]  # the planner's own episode as the "rollout": obs [T, N, D]
+    zeros = jnp.zeros(t.action.shape, jnp.float32)
+    mb = MiniBatchData(obs=t.obs, avail=t.avail, action=t.action, log_prob=zeros, value=zeros,
+                       advantage=zeros, target=zeros, decision=t.decision, global_state=None)
+    demo = tr.sample_demo(jax.random.PRNGKey(2), demos)
+    _, (_, ex, _) = tr.loss(params, mb, demo, jnp.ones(env.spec.num_agents), None)
+    d_obs, d_action, d_avail, d_weight = (jnp.swapaxes(x, 0, 1) for x in demo)
+    ex_demo = expert_loss(tr.policy.logits(params, d_obs, d_avail), d_action, d_weight)
+    labels = expert_labeler(env)(t.obs)
+    ex_own = expert_loss(tr.policy.logits(params, t.obs, t.avail), labels,
+                         t.decision.astype(jnp.float32))
+    np.testing.assert_allclose(np.asarray(ex), np.asarray(0.75 * ex_demo + 0.25 * ex_own),
+                               rtol=1e-5)
+    assert not np.allclose(np.asarray(ex_own), np.asarray(ex_demo))
