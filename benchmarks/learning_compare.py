@@ -73,7 +73,8 @@ def at_fraction(history: list[dict], key: str, frac: float, total: int):
 def parse(argv=None, **defaults):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="the issue's full specification for one scenario (flags override it)")
+                   help="the issue's full specification for one scenario (flags override it; "
+                   "--set adds to its fields)")
     p.add_argument("--scenario", default=None)
     p.add_argument("--algos", default=None, help="methods: algo or algo:schedule, comma-separated")
     p.add_argument("--total-steps", type=int, default=None)
@@ -91,6 +92,8 @@ def parse(argv=None, **defaults):
                 bad_demos=False, set=[])
     if args.preset:
         base.update(PRESETS[args.preset])
+        if args.set is not None:  # --set adds to the preset's fields (a repeated field: --set wins)
+            args.set = list(base["set"]) + args.set
     for key, value in base.items():
         if getattr(args, key) is None:
             setattr(args, key, value)

@@ -222,3 +222,20 @@ def test_benchmark_set_items_parse_to_config_changes():
         parse_set(["lr"])
     with pytest.raises(UsageError, match="'learning_rate' is not a TrainConfig field"):
         parse_set(["learning_rate=0.1"])
+
+
+def test_benchmark_set_adds_to_a_presets_fields():
+    import importlib.util
+
+    path = pathlib.Path(__file__).parent.parent / "benchmarks" / "learning_compare.py"
+    spec = importlib.util.spec_from_file_location("learning_compare_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from leed_jax.config import parse_set
+
+    args = module.parse(["--preset", "mpe-spread", "--set", "expert_own_states=0.5",
+                         "--set", "lr=0.002"])
+    fields = parse_set(args.set)
+    assert fields["warm_start_dagger_rounds"] == 8 and fields["num_envs"] == 64  # the preset's
+    assert fields["expert_own_states"] == 0.5 and fields["lr"] == 0.002  # --set, winning
+    assert parse_set(module.parse(["--preset", "mpe-spread"]).set)["lr"] == 0.001
