@@ -369,6 +369,8 @@ class Trainer:
            it is that small), in windows of 100 steps, stopping when a window improves the mean
            loss by less than ``warm_start_tol`` of it and 1e-3 nats (or at
            ``warm_start_steps``; ``warm_start_tol=0``: always at ``warm_start_steps``);
+           then, with ``warm_start_dagger_rounds > 0``, DAgger rounds on the states the clone
+           reaches itself, labelled by the env family's expert (``_dagger``);
         2. (leed) fit each agent's critic to the returns of the warm policy:
            ``warm_critic_updates`` rollouts, each followed by ``warm_critic_epochs`` epochs of
            the value loss alone (GAE(λ) targets, no clipping), while the actor stays frozen —
