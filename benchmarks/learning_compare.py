@@ -52,11 +52,11 @@ PRESETS = {
                        # planner's assignment instead of memorising it: the plateau stop ends
                        # the fit near 0.55 nats, before it has learnt the assignment (README,
                        # issue #10).
-                       # Then DAgger: the planner labels the states the clone reaches itself
-                       # (its errors compound there; README, "The MPE jump-start").
+                       # (Offline demonstrations only, as in the paper; DAgger, with the
+                       # planner asked online, is `--set warm_start_dagger_rounds=8 --set
+                       # expert_own_states=0.5`: README, "The MPE jump-start".)
                        set=["num_envs=64", "num_steps=25", "lr=0.001", "eval_envs=64",
-                            "warm_start_steps=40000", "warm_start_tol=0",
-                            "warm_start_dagger_rounds=8"]),
+                            "warm_start_steps=40000", "warm_start_tol=0"]),
     "traffic-grid-large": dict(scenario="traffic-grid-large", algos="leed,ippo,bc",
                                total_steps=60_000, seeds=3, bad_demos=False,
                                set=["num_envs=8"]),

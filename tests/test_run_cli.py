@@ -236,6 +236,6 @@ def test_benchmark_set_adds_to_a_presets_fields():
     args = module.parse(["--preset", "mpe-spread", "--set", "expert_own_states=0.5",
                          "--set", "lr=0.002"])
     fields = parse_set(args.set)
-    assert fields["warm_start_dagger_rounds"] == 8 and fields["num_envs"] == 64  # the preset's
+    assert fields["warm_start_steps"] == 40000 and fields["num_envs"] == 64  # the preset's
     assert fields["expert_own_states"] == 0.5 and fields["lr"] == 0.002  # --set, winning
     assert parse_set(module.parse(["--preset", "mpe-spread"]).set)["lr"] == 0.001
