@@ -78,6 +78,14 @@ def test_dagger_needs_a_family_with_an_expert_that_labels_observations():
     make_train(cfg.replace(algo="ippo"), env, None)
 
 
+def test_the_mpe_labeler_refuses_an_observation_layout_other_than_spreads():
+    from leed_jax.envs.jaxmarl_adapter import JaxMARLEnv
+    from leed_jax.po.trainer import dagger_labeler
+
+    with pytest.raises(ConfigError, match="MPE_simple_spread_v3 only"):
+        dagger_labeler(JaxMARLEnv("MPE_simple_v3"))
+
+
 def test_expert_own_states_mixes_the_experts_labels_of_the_minibatch_into_the_expert_loss(mpe):
     from leed_jax.po.expert import expert_loss
     from leed_jax.po.trainer import MiniBatchData

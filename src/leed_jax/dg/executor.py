@@ -138,12 +138,16 @@ def _mpe_labeler(env) -> Callable[[jax.Array], jax.Array]:
     positions differs from the episode's first one."""
     import itertools
 
+    from leed_jax.dg.errors import DGError
+
+    name = getattr(env, "env_name", None)
+    if name != "MPE_simple_spread_v3":  # the observation layout below is spread's
+        raise DGError(f"the MPE expert labels observations of MPE_simple_spread_v3 only "
+                      f"(got {name!r})")
     je = env.jaxmarl_env
     n, dt, damping, gain = _mpe_dynamics(env)
     lm = int(je.num_landmarks)
     if n > lm or n > MPE_LABEL_MAX_AGENTS:
-        from leed_jax.dg.errors import DGError
-
         raise DGError(f"the MPE expert labels observations for at most {MPE_LABEL_MAX_AGENTS} "
                       f"agents and no more agents than landmarks (got {n} agents, {lm} landmarks)")
     perms = jnp.asarray(list(itertools.permutations(range(lm), n)), jnp.int32)  # [P, N]
