@@ -99,15 +99,21 @@ def test_expert_own_states_mixes_the_experts_labels_of_the_minibatch_into_the_ex
     params = tr.policy.init(jax.random.PRNGKey(1))
     t = episodes[0]  # the planner's own episode as the "rollout": obs [T, N, D]
     zeros = jnp.zeros(t.action.shape, jnp.float32)
+    labels = expert_labeler(env)(t.obs)
     mb = MiniBatchData(obs=t.obs, avail=t.avail, action=t.action, log_prob=zeros, value=zeros,
-                       advantage=zeros, target=zeros, decision=t.decision, global_state=None)
+                       advantage=zeros, target=zeros, decision=t.decision, global_state=None,
+                       expert_action=labels)
     demo = tr.sample_demo(jax.random.PRNGKey(2), demos)
     _, (_, ex, _) = tr.loss(params, mb, demo, jnp.ones(env.spec.num_agents), None)
     d_obs, d_action, d_avail, d_weight = (jnp.swapaxes(x, 0, 1) for x in demo)
     ex_demo = expert_loss(tr.policy.logits(params, d_obs, d_avail), d_action, d_weight)
-    labels = expert_labeler(env)(t.obs)
     ex_own = expert_loss(tr.policy.logits(params, t.obs, t.avail), labels,
                          t.decision.astype(jnp.float32))
     np.testing.assert_allclose(np.asarray(ex), np.asarray(0.75 * ex_demo + 0.25 * ex_own),
                                rtol=1e-5)
     assert not np.allclose(np.asarray(ex_own), np.asarray(ex_demo))
+    # The update labels its rollout once, in ``batch`` (the minibatches carry the labels).
+    _, ro, last_value = tr.collect(tr.init(jax.random.PRNGKey(3)))
+    data = tr.batch(ro, last_value)
+    np.testing.assert_array_equal(np.asarray(data.expert_action),
+                                  np.asarray(expert_labeler(env)(data.obs)))

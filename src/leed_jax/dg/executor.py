@@ -103,6 +103,17 @@ def _mpe_dynamics(env) -> tuple[int, float, float, jax.Array]:
 _MPE_DIRECTIONS = jnp.array([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1]], jnp.float32)  # [5, 2]
 
 
+def _stopping_force(pos, vel, goal, gain, dt: float, damping: float) -> jax.Array:
+    """The discrete MPE force whose predicted stopping point lies closest to ``goal``
+    (``pos``, ``vel``, ``goal`` ``[..., 2]``, ``gain`` ``[...]``; returns ``[...]`` int32).
+    MPE integrates p += v·dt, then v = v·(1 − damping) + u·gain; coasting afterwards adds
+    v·dt/damping."""
+    v_next = vel[..., None, :] * (1 - damping) + _MPE_DIRECTIONS * gain[..., None, None]
+    stop = (pos + vel * dt)[..., None, :] + v_next * (dt / damping)  # [..., 5, 2]
+    cost = jnp.linalg.norm(stop - goal[..., None, :], axis=-1)  # [..., 5]
+    return jnp.argmin(cost, axis=-1).astype(jnp.int32)
+
+
 def _mpe_policy(env) -> Policy:
     n, dt, damping, gain = _mpe_dynamics(env)
 
@@ -114,12 +125,7 @@ def _mpe_policy(env) -> Policy:
         near = jnp.linalg.norm(pos - landmarks[targets[rows, ptr]], axis=-1) < MPE_REACHED
         ptr = jnp.minimum(ptr + near.astype(ptr.dtype), targets.shape[1] - 1)
         goal = landmarks[targets[rows, ptr]]  # [N, 2]
-        # MPE integrates p += v·dt, then v = v·(1 − damping) + u·gain; coasting afterwards
-        # adds v·dt/damping. Pick the force whose stopping point is closest to the goal.
-        v_next = vel[:, None, :] * (1 - damping) + _MPE_DIRECTIONS[None] * gain[:, None, None]
-        stop = (pos + vel * dt)[:, None, :] + v_next * (dt / damping)  # [N, 5, 2]
-        cost = jnp.linalg.norm(stop - goal[:, None, :], axis=-1)  # [N, 5]
-        return jnp.argmin(cost, axis=-1).astype(jnp.int32), ptr
+        return _stopping_force(pos, vel, goal, gain, dt, damping), ptr
 
     return policy
 
@@ -159,10 +165,7 @@ def _mpe_labeler(env) -> Callable[[jax.Array], jax.Array]:
         agents = jnp.concatenate([jnp.zeros((1, 2), o.dtype), others])  # the agent first
         dist = jnp.linalg.norm(agents[:, None] - landmarks[None], axis=-1)  # [N, L]
         mine = perms[jnp.argmin(dist[jnp.arange(n)[None, :], perms].sum(-1)), 0]
-        goal = pos + landmarks[mine]
-        v_next = vel[None] * (1 - damping) + _MPE_DIRECTIONS * g
-        stop = (pos + vel * dt)[None] + v_next * (dt / damping)  # [5, 2]
-        return jnp.argmin(jnp.linalg.norm(stop - goal[None], axis=-1)).astype(jnp.int32)
+        return _stopping_force(pos, vel, pos + landmarks[mine], g, dt, damping)
 
     def label(obs: jax.Array) -> jax.Array:
         flat = obs.reshape((-1, n, obs.shape[-1]))

@@ -74,6 +74,7 @@ class MiniBatchData(NamedTuple):
     target: jax.Array  # [S, N]
     decision: jax.Array  # [S, N]
     global_state: jax.Array | None  # [S, G] (centralised critic only)
+    expert_action: jax.Array | None = None  # [S, N] the expert's label (expert_own_states)
 
 
 def _wrap_autoreset(env):
@@ -186,7 +187,7 @@ class Trainer:
             if c.expert_own_states > 0:
                 # DAgger in training: the expert's action on the states this policy reached
                 # (its own rollout), on the logits computed above.
-                own = expert_loss(logits, self.labeler(mb.obs), mb.decision.astype(jnp.float32))
+                own = expert_loss(logits, mb.expert_action, mb.decision.astype(jnp.float32))
                 ex = (1 - c.expert_own_states) * ex + c.expert_own_states * own
             per_agent += weight * ex
         return per_agent.sum(), (terms, ex, kept)
@@ -252,6 +253,9 @@ class Trainer:
             log_prob=flat(ro.log_prob), value=flat(ro.value), advantage=advantage,
             target=flat(target), decision=flat(tr.decision),
             global_state=None if ro.global_state is None else flat(ro.global_state),
+            # Labelled once per update (not per epoch and minibatch): expert_own_states.
+            expert_action=(self.labeler(flat(tr.obs))
+                           if self.use_expert and self.config.expert_own_states > 0 else None),
         )
         return data
 
@@ -390,15 +394,8 @@ class Trainer:
                 return demos.obs, demos.action, demos.avail, demos.valid.astype(jnp.float32)
             return sample_demos(key, demos, c.warm_start_batch)
 
-        def bc_loss(params, demo):
-            d_obs, d_action, d_avail, d_weight = (jnp.swapaxes(x, 0, 1) for x in demo)
-            return expert_loss(self.policy.logits(params, d_obs, d_avail), d_action, d_weight)
-
         def bc_step(carry, key):
-            params, opt_state = carry
-            loss, grads = jax.value_and_grad(lambda p: bc_loss(p, demo_batch(key)).sum())(params)
-            updates, opt_state = opt.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), loss / self.num_agents
+            return self._expert_step(opt, carry, demo_batch(key))
 
         def window_body(carry):
             params, opt_state, key, i, prev, _ = carry
@@ -449,6 +446,20 @@ class Trainer:
         state = state._replace(teacher_critic=_critic_part(state.params), warm=jnp.ones((), bool))
         return state, metrics
 
+    def _expert_step(self, opt, carry, demo):
+        """One ``opt`` step of the expert loss alone (the warm start's fit and DAgger's) on
+        ``demo`` = ``obs [N, B, D]``, ``action [N, B]``, ``avail [N, B, A]``, ``weight [N, B]``:
+        ``((params, opt_state), mean loss per agent)``."""
+        params, opt_state = carry
+
+        def loss(p):
+            d_obs, d_action, d_avail, d_weight = (jnp.swapaxes(x, 0, 1) for x in demo)
+            return expert_loss(self.policy.logits(p, d_obs, d_avail), d_action, d_weight).sum()
+
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), value / self.num_agents
+
     def _dagger(self, params: Params, demos, key: jax.Array):
         """DAgger after the fit (Ross, Gordon & Bagnell 2011, "A Reduction of Imitation
         Learning and Structured Prediction to No-Regret Online Learning"): a clone fitted on
@@ -484,21 +495,13 @@ class Trainer:
 
         def fit_step(buf, filled):
             def step(carry, k):
-                params, opt_state = carry
                 k_demo, k_new = jax.random.split(k)
                 d = sample_demos(k_demo, demos, b_demo)  # obs [N, b, D], action, avail, weight
                 idx = jax.random.randint(k_new, (n, b_new), 0, filled)
                 g = tuple(jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), 1)
                           for x in buf)
-                obs, action, avail, weight = (
-                    jnp.swapaxes(jnp.concatenate([a, b], 1), 0, 1) for a, b in zip(d, g))
-
-                def loss(p):
-                    return expert_loss(self.policy.logits(p, obs, avail), action, weight).sum()
-
-                value, grads = jax.value_and_grad(loss)(params)
-                updates, opt_state = opt.update(grads, opt_state, params)
-                return (optax.apply_updates(params, updates), opt_state), value / n
+                return self._expert_step(opt, carry,
+                                         tuple(jnp.concatenate([a, b], 1) for a, b in zip(d, g)))
             return step
 
         def one_round(carry, xs):
