@@ -60,28 +60,6 @@ def make_demos(scenario: str, episodes: int, seed: int, out: pathlib.Path) -> tu
     return str(out), time.perf_counter() - t
 
 
-def planner_on_eval(env, cfg) -> float:
-    """The planner's mean return per agent on the held-out evaluation episodes themselves
-    (the starts ``Trainer.evaluate`` draws from ``eval_seed``): the level the clone is judged
-    against, on the same starts."""
-    import jax
-
-    from leed_jax.dg.executor import executor_for
-    from leed_jax.dg.planner import spread_assignment
-
-    n = env.spec.num_agents
-    k_reset, _ = jax.random.split(jax.random.PRNGKey(cfg.eval_seed))
-    obs, states = jax.vmap(env.reset)(jax.random.split(k_reset, cfg.eval_envs))
-    run = executor_for(env)
-    returns = []
-    for e in range(cfg.eval_envs):
-        state = jax.tree_util.tree_map(lambda x, e=e: x[e], states)
-        pos = np.asarray(state.env_state.p_pos)
-        targets = spread_assignment(pos[:n], pos[n:])[:, None].astype(np.int32)
-        returns.append(np.asarray(run(jax.random.PRNGKey(e), obs[e], state, targets).returns))
-    return float(np.mean(returns))
-
-
 def mpe_assigned_not_nearest(buffer, horizon: int) -> np.ndarray:
     """``[N, M]`` bool: the planner sent the agent to a landmark other than the one nearest to
     it at that step (the part of the task a nearest-landmark rule gets wrong). Positions come
@@ -144,6 +122,8 @@ def main(argv=None) -> dict:
 
     from leed_jax.config import TrainConfig, parse_set
     from leed_jax.dg.buffer import load_demos, read_demo_meta
+    from leed_jax.dg.generate import planner_on_episodes
+    from leed_jax.dg.yardsticks import evaluation_keys
     from leed_jax.envs.registry import make_env
     from leed_jax.po.trainer import Trainer, demo_accuracy, seed_keys
 
@@ -164,15 +144,17 @@ def main(argv=None) -> dict:
                     "heldout": {"episodes": args.heldout_episodes, "seed": args.heldout_seed,
                                 **read_demo_meta(held_path)["metrics"]},
                     "rows": [], "loadavg_start": list(os.getloadavg())}
+    t = time.perf_counter()
+    # The level the clone is judged against, on the same starts as its evaluation.
+    result["planner_on_eval_episodes"] = planner_on_episodes(
+        env, evaluation_keys(cfg.eval_seed, cfg.eval_envs))["mean_return"]
     if mpe:
-        t = time.perf_counter()
-        result["planner_on_eval_episodes"] = planner_on_eval(env, cfg)
         result["heldout"]["assigned_not_nearest_frac"] = float(hard.mean())
         result["heldout"].update(mpe_obs_check(held_np, env))
-        print(f"held-out demonstrations: {result['heldout']}", file=sys.stderr, flush=True)
-        print(f"planner on the {cfg.eval_envs} evaluation episodes: "
-              f"{result['planner_on_eval_episodes']:.2f} ({time.perf_counter() - t:.0f} s)",
-              file=sys.stderr, flush=True)
+    print(f"held-out demonstrations: {result['heldout']}", file=sys.stderr, flush=True)
+    print(f"planner on the {cfg.eval_envs} evaluation episodes: "
+          f"{result['planner_on_eval_episodes']:.4g} ({time.perf_counter() - t:.0f} s)",
+          file=sys.stderr, flush=True)
     for k in (int(x) for x in args.episodes.split(",") if x.strip()):
         path, dg_s = make_demos(cfg.scenario, k, cfg.seed, root / str(k))
         meta = read_demo_meta(path)

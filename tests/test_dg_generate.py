@@ -15,7 +15,8 @@ import leed_jax
 from leed_jax.dg import cli
 from leed_jax.dg.buffer import load_demos, read_demo_meta
 from leed_jax.dg.errors import DGError, LLMError
-from leed_jax.dg.generate import DemoConfig, default_episodes, generate_demos, run_dg
+from leed_jax.dg.generate import (DemoConfig, default_episodes, generate_demos, planner_on_episodes,
+                                  run_dg)
 from leed_jax.dg.planner import routes_to_text
 
 SECRET = "sk-leed-test-SECRET-9876543210"
@@ -100,6 +101,23 @@ def test_planner_beats_random_on_mpe_spread(spread, tmp_path):
 
     rand = float(np.mean([random_return(jax.random.PRNGKey(s)) for s in range(16)]))
     assert planner > rand + 5.0, (planner, rand)  # e.g. about -9 vs -26
+
+
+def test_planner_on_given_episodes_reproduces_its_demonstrations(spread, tmp_path):
+    # The reference a clone is judged against on its evaluation episodes: the planner's plans of
+    # those episodes. On the episodes DG drew itself it must score what the buffer recorded.
+    path = generate_demos(spread, source="planner", out=tmp_path / "d", episodes=4, seed=3,
+                          progress=False)
+    key, resets = jax.random.PRNGKey(3), []
+    for _ in range(4):  # run_dg's draws: key, k_reset, k_run = split(key, 3)
+        key, k_reset, _ = jax.random.split(key, 3)
+        resets.append(k_reset)
+    ref = planner_on_episodes(spread, resets)
+    assert ref["episodes"] == 4
+    assert ref["mean_return"] == pytest.approx(read_demo_meta(path)["metrics"]["mean_return"],
+                                               abs=1e-5)
+    other = planner_on_episodes(spread, [jax.random.PRNGKey(s) for s in (11, 12)])
+    assert other["episodes"] == 2 and other["mean_return"] != pytest.approx(ref["mean_return"])
 
 
 # ---------------------------------------------------------------------------- LLM, mocked

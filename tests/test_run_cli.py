@@ -224,13 +224,34 @@ def test_benchmark_set_items_parse_to_config_changes():
         parse_set(["learning_rate=0.1"])
 
 
-def test_benchmark_set_adds_to_a_presets_fields():
+def _learning_compare():
     import importlib.util
 
     path = pathlib.Path(__file__).parent.parent / "benchmarks" / "learning_compare.py"
     spec = importlib.util.spec_from_file_location("learning_compare_under_test", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_jump_start_is_judged_on_both_references():
+    module = _learning_compare()
+    curve = [{"env_steps": 100, "wall_s": 10.0, "eval_return": -0.11}]
+    result = {"demonstrations": {"mean_return": -0.076},
+              "planner_on_eval_episodes": {"mean_return": -0.106},
+              "methods": {"leed": {"warm_eval_return": -0.11, "curve": curve, "final_return": -0.1,
+                                   "final_return_se": 0.0, "wall_s": 10.0}}}
+    jump = module.targets(result, 300)["jump_start"]
+    # 0.11 is 45 % below the demonstrations' own episodes, 3.8 % below the planner's on the
+    # evaluation episodes.
+    assert jump["met"] is False and jump["met_on_eval_episodes"] is True
+    assert jump["planner_on_eval_episodes"] == -0.106
+    del result["planner_on_eval_episodes"]  # --no-planner-reference: only the issue's letter
+    assert "met_on_eval_episodes" not in module.targets(result, 300)["jump_start"]
+
+
+def test_benchmark_set_adds_to_a_presets_fields():
+    module = _learning_compare()
     from leed_jax.config import parse_set
 
     args = module.parse(["--preset", "mpe-spread", "--set", "expert_own_states=0.5",

@@ -184,6 +184,36 @@ def _execute(run, ep: _Episode, plans) -> ExpertRollout:
     return jax.device_get(out)
 
 
+def _plan_episode(run, ep: _Episode, n: int, e: int) -> None:
+    """The planner's plan of one episode, through the same reader and validator as an LLM's
+    reply, executed in the env (``ep.rollout``, ``ep.best_plans``, ``ep.best_report``)."""
+    parsed = parse_instructions(ep.fam.planner_text(), max_chars=sys.maxsize)
+    report = DGReport(n, "planner", episode=e)
+    plans = ep.fam.validate([Request(0, range(n), parsed)], "planner", report)
+    ep.rollout = _execute(run, ep, plans)
+    ep.best_plans, ep.best_report = plans, report
+
+
+def planner_on_episodes(env, reset_keys, planner: str = DemoOptions.planner) -> dict:
+    """The planner's plans executed on the episodes ``env.reset(k)`` for ``k`` in ``reset_keys``
+    (e.g. the trainer's held-out evaluation episodes, ``yardsticks.evaluation_keys``): the
+    like-with-like reference for a policy evaluated there, since demonstrations score on their
+    own episodes. Returns the mean return per agent (``mean_return``, as in a demo buffer's
+    metrics), the family's other metrics averaged over the episodes, and ``episodes``."""
+    scenario = getattr(env, "scenario", None)
+    prompts = load_prompts(getattr(scenario, "prompt", None) or env.family)
+    run = executor_for(env)
+    n = env.spec.num_agents
+    rows = []
+    for e, k in enumerate(reset_keys):
+        obs, state = env.reset(k)
+        k_run = jax.random.fold_in(k, 1)  # the executor's key (unused by the shipped envs' plans)
+        ep = _Episode(obs, state, k_run, family_for(env, prompts, obs, state, planner, k_run))
+        _plan_episode(run, ep, n, e)
+        rows.append(ep.fam.metrics(ep.rollout))
+    return {"episodes": len(rows), **_mean_metrics(rows)}
+
+
 def _keep_best(ep: _Episode, plans, rollout: ExpertRollout, report: DGReport, r: int) -> None:
     """Keep the round whose joint plan, simulated as a whole, has the highest total return."""
     total = float(np.sum(ep.fam.scores(rollout)))  # traffic: −total travel time (+ bonuses)
@@ -261,11 +291,7 @@ def run_dg(cfg: DemoConfig, env=None) -> DGResult:
     if source == "planner":
         rounds_run = 1
         for e, ep in enumerate(episodes):
-            parsed = parse_instructions(ep.fam.planner_text(), max_chars=sys.maxsize)
-            report = DGReport(n, "planner", episode=e)
-            plans = ep.fam.validate([Request(0, range(n), parsed)], "planner", report)
-            ep.rollout = _execute(run, ep, plans)
-            ep.best_plans, ep.best_report = plans, report
+            _plan_episode(run, ep, n, e)
         round_metrics.append(_mean_metrics([ep.fam.metrics(ep.rollout) for ep in episodes]))
         round_reports.append(summarize([ep.best_report for ep in episodes]))
         _log_round(1, 1, round_metrics[-1], [ep.best_report for ep in episodes])
