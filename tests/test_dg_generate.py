@@ -15,8 +15,13 @@ import leed_jax
 from leed_jax.dg import cli
 from leed_jax.dg.buffer import load_demos, read_demo_meta
 from leed_jax.dg.errors import DGError, LLMError
-from leed_jax.dg.generate import (DemoConfig, default_episodes, generate_demos, planner_on_episodes,
-                                  run_dg)
+from leed_jax.dg.generate import (
+    DemoConfig,
+    default_episodes,
+    generate_demos,
+    planner_on_episodes,
+    run_dg,
+)
 from leed_jax.dg.planner import routes_to_text
 
 SECRET = "sk-leed-test-SECRET-9876543210"
