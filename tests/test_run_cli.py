@@ -224,18 +224,18 @@ def test_benchmark_set_items_parse_to_config_changes():
         parse_set(["learning_rate=0.1"])
 
 
-def _learning_compare():
+def _benchmark(name: str):
     import importlib.util
 
-    path = pathlib.Path(__file__).parent.parent / "benchmarks" / "learning_compare.py"
-    spec = importlib.util.spec_from_file_location("learning_compare_under_test", path)
+    path = pathlib.Path(__file__).parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_under_test", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_benchmark_jump_start_is_judged_on_both_references():
-    module = _learning_compare()
+    module = _benchmark("learning_compare")
     curve = [{"env_steps": 100, "wall_s": 10.0, "eval_return": -0.11}]
     result = {"demonstrations": {"mean_return": -0.076},
               "planner_on_eval_episodes": {"mean_return": -0.106},
@@ -251,7 +251,7 @@ def test_benchmark_jump_start_is_judged_on_both_references():
 
 
 def test_benchmark_set_adds_to_a_presets_fields():
-    module = _learning_compare()
+    module = _benchmark("learning_compare")
     from leed_jax.config import parse_set
 
     args = module.parse(["--preset", "mpe-spread", "--set", "expert_own_states=0.5",
@@ -260,3 +260,18 @@ def test_benchmark_set_adds_to_a_presets_fields():
     assert fields["warm_start_steps"] == 40000 and fields["num_envs"] == 64  # the preset's
     assert fields["expert_own_states"] == 0.5 and fields["lr"] == 0.002  # --set, winning
     assert parse_set(module.parse(["--preset", "mpe-spread"]).set)["lr"] == 0.001
+
+
+def test_benchmark_expert_error_rate_curve_falls_with_the_swaps(capsys):
+    from leed_jax.config import ConfigError
+
+    module = _benchmark("expert_error_rate")
+    out = module.main(["--eps", "0,0.5", "--seeds", "1", "--eval-envs", "8"])
+    clean, noisy = (r["mean_return"] for r in out["rows"])
+    assert noisy < clean - 1.0  # half the planner's actions swapped costs it much
+    assert out["max_eps_within_5pct"] == 0.0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"] == out["rows"]
+    with pytest.raises(ConfigError, match="no expert that labels"):
+        module.main(["--scenario", "traffic-grid", "--eps", "0"])
+    with pytest.raises(ConfigError, match="--eps"):
+        module.main(["--eps", "1.5"])
