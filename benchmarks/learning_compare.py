@@ -20,9 +20,9 @@ greedy evaluation (mean, per seed, standard error), the evaluation curve (env st
 seconds, mean and per-seed returns), the warm start's figures, and the targets of the issue
 with the measured values: the jump-start (LEED's greedy return after the warm start within 5 %
 of the demonstrations', and — like with like — of the planner's own return on the evaluation
-episodes, which it plans and executes once before training), LEED reaching IPPO's final return in <= B/3 env steps and in <= 1/2 of
-IPPO's wall time to it (DG included), LEED's final not below IPPO's final minus one standard
-error, and the same with bad demonstrations.
+episodes, which it plans and executes once before training), LEED reaching IPPO's final
+return in <= B/3 env steps and in <= 1/2 of IPPO's wall time to it (DG included), LEED's
+final not below IPPO's final minus one standard error, and the same with bad demonstrations.
 """
 
 from __future__ import annotations
