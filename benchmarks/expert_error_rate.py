@@ -93,7 +93,7 @@ def main(argv=None) -> dict:
         rows.append({"eps": eps, "agreement": 1.0 - eps, "mean_return": float(np.mean(per_seed)),
                      "mean_return_seeds": per_seed})
         print(f"ε = {eps:.3f}: {rows[-1]['mean_return']:.3f}", file=sys.stderr, flush=True)
-    base = rows[0]["mean_return"] if eps_list[0] == 0.0 else None
+    base = next((r["mean_return"] for r in rows if r["eps"] == 0.0), None)  # the expert's own
     result = {"scenario": env.name, "num_agents": n, "eval_seed": cfg.eval_seed,
               "eval_episodes": cfg.eval_envs, "seeds": args.seeds, "rows": rows,
               "s": round(time.perf_counter() - t, 2)}
