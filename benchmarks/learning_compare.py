@@ -225,7 +225,8 @@ def main(argv=None, **defaults) -> dict:
             dg_s = float((meta.get("timing_s") or {}).get("total", 0.0))
             result["demo_generation_s"] = round(dg_s, 2)
             result["demo_generation_s_from"] = "the buffer's meta.json (timing_s.total)"
-    if demo_path and not args.no_planner_reference:
+    # Only the jump-start target (LEED's) reads it: a run without LEED does not plan it.
+    if demo_path and "leed" in (m.split(":")[0] for m in methods) and not args.no_planner_reference:
         from leed_jax.dg.generate import planner_on_episodes
 
         t = time.perf_counter()

@@ -184,6 +184,19 @@ def _execute(run, ep: _Episode, plans) -> ExpertRollout:
     return jax.device_get(out)
 
 
+def _new_episode(env, prompts, k_reset, k_run, planner: str) -> _Episode:
+    """The episode ``env.reset(k_reset)`` with its DG family (``planner``: the routes the family
+    plans; ``k_run``: the executor's key)."""
+    obs, state = env.reset(k_reset)
+    return _Episode(obs, state, k_run, family_for(env, prompts, obs, state, planner, k_run))
+
+
+def _scenario_prompts(env, prompts_dir=None):
+    """The prompt templates of ``env``'s scenario (its ``prompt`` field) or of its family."""
+    return load_prompts(getattr(getattr(env, "scenario", None), "prompt", None) or env.family,
+                        prompts_dir)
+
+
 def _plan_episode(run, ep: _Episode, n: int, e: int) -> None:
     """The planner's plan of one episode, through the same reader and validator as an LLM's
     reply, executed in the env (``ep.rollout``, ``ep.best_plans``, ``ep.best_report``)."""
@@ -200,15 +213,13 @@ def planner_on_episodes(env, reset_keys, planner: str = DemoOptions.planner) -> 
     like-with-like reference for a policy evaluated there, since demonstrations score on their
     own episodes. Returns the mean return per agent (``mean_return``, as in a demo buffer's
     metrics), the family's other metrics averaged over the episodes, and ``episodes``."""
-    scenario = getattr(env, "scenario", None)
-    prompts = load_prompts(getattr(scenario, "prompt", None) or env.family)
+    prompts = _scenario_prompts(env)
     run = executor_for(env)
     n = env.spec.num_agents
     rows = []
     for e, k in enumerate(reset_keys):
-        obs, state = env.reset(k)
-        k_run = jax.random.fold_in(k, 1)  # the executor's key (unused by the shipped envs' plans)
-        ep = _Episode(obs, state, k_run, family_for(env, prompts, obs, state, planner, k_run))
+        # k_run: the executor's key (unused by the shipped envs' plans)
+        ep = _new_episode(env, prompts, k, jax.random.fold_in(k, 1), planner)
         _plan_episode(run, ep, n, e)
         rows.append(ep.fam.metrics(ep.rollout))
     return {"episodes": len(rows), **_mean_metrics(rows)}
@@ -268,20 +279,17 @@ def run_dg(cfg: DemoConfig, env=None) -> DGResult:
         env = make_env(cfg.scenario, **dict(cfg.overrides))
     if cfg.episodes is None:
         cfg = dataclasses.replace(cfg, episodes=default_episodes(env, source))
-    scenario = getattr(env, "scenario", None)
-    prompts = load_prompts(getattr(scenario, "prompt", None) or env.family, cfg.prompts_dir)
+    prompts = _scenario_prompts(env, cfg.prompts_dir)
     run = executor_for(env)
     n = env.spec.num_agents
 
     key = jax.random.PRNGKey(cfg.seed)
+    # The LLM's fallback routes stay the cheap incremental ones.
+    planner = cfg.planner if source == "planner" else "incremental"
     episodes: list[_Episode] = []
     for _ in range(cfg.episodes):
         key, k_reset, k_run = jax.random.split(key, 3)
-        obs, state = env.reset(k_reset)
-        # The LLM's fallback routes stay the cheap incremental ones.
-        planner = cfg.planner if source == "planner" else "incremental"
-        episodes.append(_Episode(obs, state, k_run,
-                                 family_for(env, prompts, obs, state, planner, k_run)))
+        episodes.append(_new_episode(env, prompts, k_reset, k_run, planner))
 
     round_metrics: list[dict] = []  # the expert's metrics after each round
     round_reports: list[dict] = []  # the DG report summary of each round
@@ -369,7 +377,7 @@ def run_dg(cfg: DemoConfig, env=None) -> DGResult:
     spec = env.spec
     meta = {
         "scenario": {"name": env.name, "family": env.family,
-                     "hash": getattr(scenario, "hash", None),
+                     "hash": getattr(getattr(env, "scenario", None), "hash", None),
                      "overrides": dict(cfg.overrides)},
         "spec": {"num_agents": spec.num_agents, "obs_dim": spec.obs_dim,
                  "num_actions": spec.num_actions, "horizon": spec.horizon},
