@@ -142,8 +142,11 @@ class DemoOptions(LLMOptions):
 
 
 # Warm-start defaults per env family, (warm_start_steps, warm_start_tol), for the fields left at
-# None. Traffic: the plateau stop ends the fit after 1,000-1,500 steps and a plateau-free
-# 3,000-step fit gave the same held-out return (README, issue #10). MPE spread: the clone learns
+# None. Traffic: the plateau stop ends the fit after 1,000-1,500 steps on the default 64
+# episodes; a plateau-free 3,000-step fit gave the same held-out return on stop 17's buffer,
+# 4,000 steps -0.114 against -0.123 on the queue-table planner's, and with 256+ episodes the
+# stop comes after ~700 steps, far too early for the greedy return (README, "What the
+# observation can tell the clone"). MPE spread: the clone learns
 # the planner's landmark assignment only past the plateau, from many episodes: 40,000 steps
 # without the stop give -12.8 on held-out starts against -20.6 with it (README, "The MPE
 # jump-start"; benchmarks/warm_start_episodes.py). Other families take traffic's.
@@ -233,7 +236,8 @@ class TrainConfig:
     warm_start_tol: float | None = _f(
         None, "warm start: stop when 100 steps improve the expert loss by less than this "
         "fraction (and 1e-3 nats); 0: no early stop, run all warm_start_steps (default: per env "
-        "family, 0.01 on traffic, 0 on MPE)", check=">=0",
+        "family, 0.01 on traffic, 0 on MPE; set for traffic's 64 default episodes: with 256 or "
+        "more it stops too early, so fit longer with 0)", check=">=0",
     )
     warm_critic_updates: int = _f(
         4, "warm start: rollouts of the warm policy that fit the critic before the actor moves "
