@@ -8,11 +8,11 @@ spread the planner's assignment and force rule as a function of each agent's obs
 every step each agent's expert action is, with probability ε, swapped for one of the other
 actions drawn uniformly; everything runs on the held-out evaluation episodes every method is
 judged on (``eval_seed``; ``--eval-envs``, 64 as in the ``mpe-spread`` preset), ``--seeds``
-draws of the swaps each. The curve says what agreement with the expert *on its own states* a clone needs for a given
-return — the jump-start target of issue #10 (within 5 % of the demonstrations) read as an
-error rate. A clone's errors are not uniform (it confuses neighbouring forces more than
-opposite ones), so it can score above the curve at its error rate: the curve is a yardstick,
-not a bound.
+draws of the swaps each. The curve says what agreement with the expert *on its own states* a
+clone needs for a given return — the jump-start target of issue #10 (within 5 % of the
+demonstrations) read as an error rate. A clone's errors are not uniform (it confuses
+neighbouring forces more than opposite ones), so it can score above the curve at its error
+rate: the curve is a yardstick, not a bound.
 """
 
 from __future__ import annotations

@@ -191,6 +191,7 @@ def targets(result: dict, budget: int) -> dict:
 def main(argv=None, **defaults) -> dict:
     args = parse(argv, **defaults)
     methods = [a.strip() for a in args.algos.split(",") if a.strip()]
+    algos = {m.split(":")[0] for m in methods}  # "algo:schedule" -> algo
     out = pathlib.Path(args.out or f"runs/bench-{pathlib.Path(args.scenario).stem}")
     out.mkdir(parents=True, exist_ok=True)
     extra = parse_set(args.set)
@@ -199,7 +200,7 @@ def main(argv=None, **defaults) -> dict:
     base.validate()  # a bad field fails here, before the demonstrations are generated
     env = make_env(base.scenario, num_agents=base.num_agents)
     demo_path = args.demos
-    needs_demos = args.bad_demos or any(a.split(":")[0] in ("leed", "bc") for a in methods)
+    needs_demos = args.bad_demos or bool(algos & {"leed", "bc"})
     result: dict = {"scenario": env.name, "num_agents": env.spec.num_agents,
                     "total_steps": args.total_steps, "seeds": args.seeds, "config": extra,
                     "eval_seed": base.eval_seed, "eval_episodes": base.eval_envs,
@@ -226,7 +227,7 @@ def main(argv=None, **defaults) -> dict:
             result["demo_generation_s"] = round(dg_s, 2)
             result["demo_generation_s_from"] = "the buffer's meta.json (timing_s.total)"
     # Only the jump-start target (LEED's) reads it: a run without LEED does not plan it.
-    if demo_path and "leed" in (m.split(":")[0] for m in methods) and not args.no_planner_reference:
+    if demo_path and "leed" in algos and not args.no_planner_reference:
         from leed_jax.dg.generate import planner_on_episodes
 
         t = time.perf_counter()

@@ -236,8 +236,8 @@ class TrainConfig:
     warm_start_tol: float | None = _f(
         None, "warm start: stop when 100 steps improve the expert loss by less than this "
         "fraction (and 1e-3 nats); 0: no early stop, run all warm_start_steps (default: per env "
-        "family, 0.01 on traffic, 0 on MPE; set for traffic's 64 default episodes: with 256 or "
-        "more it stops too early, so fit longer with 0)", check=">=0",
+        "family, 0.01 on traffic, 0 on MPE; traffic's was set on its 64 default episodes: with "
+        "256 or more it stops too early, so give 0 and more warm_start_steps)", check=">=0",
     )
     warm_critic_updates: int = _f(
         4, "warm start: rollouts of the warm policy that fit the critic before the actor moves "
